@@ -1,0 +1,66 @@
+"""Ingestion stage: the policies folder becomes the governed `policy_documents` table."""
+
+import dagster as dg
+import polars as pl
+
+from assets.metadata import markdown_table, table_metadata
+from orchestration.resources import RagfreshResource
+from ragfresh.config import Settings
+from ragfresh.documents import ingest_documents
+from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
+
+GROUP = "ingestion"
+OWNERS = ["team:data-platform"]
+_settings = Settings.load()
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            POLICY_DOCUMENTS.name,
+            description=POLICY_DOCUMENTS.description,
+            group_name=GROUP,
+            owners=OWNERS,
+            kinds={"deltalake", "polars"},
+            tags={"pii": "contains", "layer": "bronze"},
+            metadata=table_metadata(POLICY_DOCUMENTS, _settings.table_uri(POLICY_DOCUMENTS.name)),
+        ),
+        dg.AssetSpec(
+            INGEST_ERRORS.name,
+            description=INGEST_ERRORS.description,
+            group_name=GROUP,
+            owners=OWNERS,
+            kinds={"deltalake", "polars"},
+            tags={"pii": "none", "layer": "bronze"},
+            metadata=table_metadata(INGEST_ERRORS, _settings.table_uri(INGEST_ERRORS.name)),
+        ),
+    ],
+)
+def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
+    """Scan, parse, hash, detect PII and resolve owners; write only what changed."""
+    result = ingest_documents(ragfresh.settings(), run_id=context.run.run_id)
+    changes = result.new_versions.select(
+        "doc_id",
+        "change",
+        "doc_version",
+        pl.col("owners").list.join(", "),
+        "classification",
+        pl.col("pii_spans").list.len().alias("pii_found"),
+    )
+    context.log.info("policy_documents: %s", result.counts())
+    yield dg.MaterializeResult(
+        asset_key=POLICY_DOCUMENTS.name,
+        metadata={
+            **result.counts(),
+            "table_version": result.table_version,
+            "pii_found": int(changes["pii_found"].sum()),
+            "changes": markdown_table(changes),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=INGEST_ERRORS.name,
+        metadata={
+            "quarantined": result.quarantined,
+            "files": dg.MetadataValue.json(result.errors.select("path", "reason").to_dicts()),
+        },
+    )

@@ -1,0 +1,54 @@
+"""Run the refresh job in-process against the persistent Dagster instance under the home."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from ragfresh.config import Settings
+
+INSTANCE_CONFIG = """\
+# Written by ragfresh. One writer per vector table: pools default to a limit of 1.
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+python_logs:
+  managed_python_loggers: [ragfresh]
+  python_log_level: INFO
+"""
+
+
+def prepare_instance(settings: Settings) -> dg.DagsterInstance:
+    """Point DAGSTER_HOME at the state home, writing its dagster.yaml on first use."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_CONFIG)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    return dg.DagsterInstance.get()
+
+
+def _value(entry: Any) -> Any:
+    return getattr(entry, "value", entry)
+
+
+def run_refresh(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Materialize every asset once, recorded in the instance the UI reads; return metadata."""
+    os.environ["RAGFRESH_HOME"] = str(settings.home)
+    os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
+    instance = prepare_instance(settings)
+    from orchestration.definitions import defs
+
+    job = defs.resolve_job_def("refresh_policies")
+    result = job.execute_in_process(instance=instance, tags={"ragfresh/trigger": "cli"})
+    summary: dict[str, dict[str, Any]] = {"run": {"run_id": result.run_id}}
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        summary[materialization.asset_key.to_user_string()] = {
+            key: _value(value) for key, value in materialization.metadata.items()
+        }
+    return summary

@@ -1,0 +1,228 @@
+"""Ingest a policies folder into the versioned `policy_documents` table, and bad files into
+`ingest_errors`: new content appends a version, removed files a tombstone, unchanged nothing."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from ragfresh import delta_store
+from ragfresh.config import Settings
+from ragfresh.governance import Governance, load_owner_rules, resolve_governance
+from ragfresh.parsing import ParseError, parse_document, read_front_matter
+from ragfresh.pii import detect_pii
+from ragfresh.sources import OWNERS_FILE, SourceFile, scan_sources, sha256_bytes
+from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one ingestion did: counts, the versions it wrote and the files it quarantined."""
+
+    added: int
+    changed: int
+    deleted: int
+    unchanged: int
+    quarantined: int
+    new_versions: pl.DataFrame
+    errors: pl.DataFrame
+    table_version: int | None
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "added": self.added,
+            "changed": self.changed,
+            "deleted": self.deleted,
+            "unchanged": self.unchanged,
+            "quarantined": self.quarantined,
+        }
+
+
+def read_documents(settings: Settings, current_only: bool = True) -> pl.DataFrame:
+    """Rows of `policy_documents`: by default the current version of each live document."""
+    frame = delta_store.read_table(
+        settings.table_uri(POLICY_DOCUMENTS.name), POLICY_DOCUMENTS.schema
+    )
+    if current_only:
+        frame = frame.filter(pl.col("is_current") & ~pl.col("is_deleted"))
+    return frame
+
+
+def _version_row(
+    source: SourceFile, previous: dict[str, Any] | None, change: str, run_id: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "doc_id": source.doc_id,
+        "doc_version": (previous["doc_version"] + 1) if previous else 1,
+        "is_current": True,
+        "is_deleted": False,
+        "change": change,
+        "source_path": str(source.path),
+        "size_bytes": source.size_bytes,
+        "modified_at": source.modified_at,
+        "ingested_at": now,
+        "run_id": run_id,
+    }
+
+
+def _governance_fields(gov: Governance) -> dict[str, Any]:
+    return {"owners": list(gov.owners), "classification": gov.classification}
+
+
+def _ingest_new_content(source: SourceFile, rules: list) -> dict[str, Any]:
+    data = source.path.read_bytes()
+    parsed = parse_document(source.doc_id, data)
+    gov = resolve_governance(source.doc_id, parsed.front_matter, rules)
+    spans = detect_pii(parsed.text)
+    return {
+        "content_sha256": sha256_bytes(data),
+        "title": parsed.title,
+        "format": parsed.format,
+        "text": parsed.text,
+        "pii_spans": [
+            {"entity_type": s.entity_type, "start": s.start, "end": s.end} for s in spans
+        ],
+        **_governance_fields(gov),
+    }
+
+
+def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
+    """Bring `policy_documents` in line with the policies folder in one merge commit."""
+    now = datetime.now(tz=UTC)
+    rules, rule_errors = load_owner_rules(settings.policies / OWNERS_FILE)
+    files, errors = scan_sources(settings.policies)
+    errors = [(OWNERS_FILE, None, f"OWNERS {e}") for e in rule_errors] + [
+        (path, None, reason) for path, reason in errors
+    ]
+    latest = {
+        row["doc_id"]: row
+        for row in delta_store.read_table(
+            settings.table_uri(POLICY_DOCUMENTS.name), POLICY_DOCUMENTS.schema
+        )
+        .filter(pl.col("is_current"))
+        .iter_rows(named=True)
+    }
+    new_rows: list[dict[str, Any]] = []
+    counts: Counter[str] = Counter()
+    seen: set[str] = set()
+    for number, source in enumerate(files, start=1):
+        if number % 200 == 0:
+            log.info("ingest: %d/%d files", number, len(files))
+        seen.add(source.doc_id)
+        previous = latest.get(source.doc_id)
+        live = previous if previous and not previous["is_deleted"] else None
+        try:
+            if live and live["content_sha256"] == source.sha256:
+                front_matter = read_front_matter(source.doc_id, source.path.read_bytes())
+                gov = resolve_governance(source.doc_id, front_matter, rules)
+                if (tuple(live["owners"]), live["classification"]) == (
+                    gov.owners,
+                    gov.classification,
+                ):
+                    counts["unchanged"] += 1
+                    continue
+                content = {k: live[k] for k in ("content_sha256", "title", "format", "text")}
+                content |= {"pii_spans": live["pii_spans"], **_governance_fields(gov)}
+                change = "governance"
+            else:
+                content = _ingest_new_content(source, rules)
+                change = "changed" if live else "added"
+        except (ParseError, OSError) as exc:
+            reason = str(exc) if isinstance(exc, ParseError) else f"unreadable: {exc}"
+            errors.append((source.doc_id, source.sha256, reason))
+            log.warning("quarantined %s: %s", source.doc_id, reason)
+            continue
+        counts["added" if change == "added" else "changed"] += 1
+        new_rows.append(_version_row(source, previous, change, run_id, now) | content)
+    quarantined_ids = {path for path, _, _ in errors}
+    for doc_id, previous in latest.items():
+        if doc_id in seen or doc_id in quarantined_ids or previous["is_deleted"]:
+            continue
+        counts["deleted"] += 1
+        new_rows.append(
+            {
+                **{k: previous[k] for k in ("title", "owners", "classification", "format")},
+                "doc_id": doc_id,
+                "doc_version": previous["doc_version"] + 1,
+                "is_current": True,
+                "is_deleted": True,
+                "change": "deleted",
+                "source_path": previous["source_path"],
+                "ingested_at": now,
+                "pii_spans": [],
+                "run_id": run_id,
+            }
+        )
+    new_versions = pl.DataFrame(new_rows, schema=empty_frame(POLICY_DOCUMENTS).schema)
+    table_version = _write_versions(settings, new_versions, latest, run_id)
+    error_frame = _record_errors(settings, errors, run_id, now)
+    return IngestResult(
+        added=counts["added"],
+        changed=counts["changed"],
+        deleted=counts["deleted"],
+        unchanged=counts["unchanged"],
+        quarantined=len(quarantined_ids),
+        new_versions=new_versions,
+        errors=error_frame,
+        table_version=table_version,
+    )
+
+
+def _write_versions(
+    settings: Settings, new_versions: pl.DataFrame, latest: dict[str, dict], run_id: str
+) -> int | None:
+    """Insert the new versions and retire the versions they replace, atomically."""
+    uri = settings.table_uri(POLICY_DOCUMENTS.name)
+    if new_versions.is_empty():
+        table = delta_store.open_table(uri)
+        return table.version() if table else None
+    retired = pl.DataFrame(
+        [
+            {"doc_id": d, "doc_version": latest[d]["doc_version"]}
+            for d in new_versions["doc_id"]
+            if d in latest
+        ],
+        schema={"doc_id": pl.String, "doc_version": pl.Int64},
+    )
+    source = pl.concat(
+        [
+            new_versions.with_columns(_action=pl.lit("insert")),
+            retired.with_columns(_action=pl.lit("retire")),
+        ],
+        how="diagonal_relaxed",
+    )
+    delta_store.merge(
+        POLICY_DOCUMENTS,
+        uri,
+        source,
+        run_id,
+        lambda m: m.when_matched_update(
+            {"is_current": "false"}, predicate="s._action = 'retire'"
+        ).when_not_matched_insert_all(predicate="s._action = 'insert'", except_cols=["_action"]),
+        extra_columns=["_action"],
+    )
+    return delta_store.open_table(uri).version()
+
+
+def _record_errors(
+    settings: Settings, errors: list[tuple[str, str | None, str]], run_id: str, now: datetime
+) -> pl.DataFrame:
+    """Append errors not recorded before (same path, content and reason); return this run's."""
+    frame = pl.DataFrame(
+        [{"path": p, "content_sha256": s, "reason": r, "error_at": now, "run_id": run_id}
+         for p, s, r in errors],
+        schema=empty_frame(INGEST_ERRORS).schema,
+    )  # fmt: skip
+    uri = settings.table_uri(INGEST_ERRORS.name)
+    known = delta_store.read_table(uri, INGEST_ERRORS.schema, columns=list(INGEST_ERRORS.key))
+    fresh = frame.join(known, on=list(INGEST_ERRORS.key), how="anti", nulls_equal=True)
+    if not fresh.is_empty():
+        delta_store.append(INGEST_ERRORS, uri, fresh, run_id)
+    return frame

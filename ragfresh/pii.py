@@ -1,0 +1,119 @@
+"""Detect PII with Presidio, offline, and redact it into typed placeholders."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass
+from functools import cache
+
+log = logging.getLogger(__name__)
+
+PII_ENTITIES = ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER")
+NER_ENTITIES = ("PERSON",)
+NER_MODEL = "en_core_web_sm"
+
+
+@dataclass(frozen=True)
+class PiiSpan:
+    entity_type: str
+    start: int
+    end: int
+
+
+@cache
+def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is slow to import
+    """Pattern recognizers with checksums; spaCy NER only when its model is already installed."""
+    import spacy
+    import tldextract
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        EmailRecognizer,
+        IbanRecognizer,
+        PhoneRecognizer,
+        SpacyRecognizer,
+        UsSsnRecognizer,
+    )
+
+    offline_domains = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        """Presidio's email check, with the bundled public-suffix list instead of a download."""
+
+        def validate_result(self, pattern_text: str) -> bool:
+            return offline_domains(pattern_text).fqdn != ""
+
+    has_ner = spacy.util.is_package(NER_MODEL)
+
+    class OfflineSpacyEngine(SpacyNlpEngine):
+        """Never downloads: the installed NER model, or a blank tokenizer-only pipeline."""
+
+        def load(self) -> None:
+            self.nlp = {"en": spacy.load(NER_MODEL) if has_ner else spacy.blank("en")}
+
+    engine = OfflineSpacyEngine(models=[{"lang_code": "en", "model_name": NER_MODEL}])
+    engine.load()
+    recognizers = [
+        OfflineEmailRecognizer(),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        UsSsnRecognizer(),
+        PhoneRecognizer(),
+    ]
+    if has_ner:
+        recognizers.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
+    logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
+    log.info("PII detection: pattern recognizers%s", f" and {NER_MODEL} NER" if has_ner else "")
+    registry = RecognizerRegistry(recognizers=recognizers)
+    return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+
+
+def detect_pii(text: str) -> list[PiiSpan]:
+    """Non-overlapping PII spans in text order; where spans overlap the longer one wins."""
+    results = _analyzer().analyze(text=text, language="en")
+    spans: list[PiiSpan] = []
+    for r in sorted(results, key=lambda r: (r.start, -(r.end - r.start))):
+        if spans and r.start < spans[-1].end:
+            continue
+        spans.append(PiiSpan(r.entity_type, r.start, r.end))
+    return spans
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """Where a placeholder stands in redacted text and what it replaced in the original."""
+
+    redacted_start: int
+    redacted_end: int
+    original_start: int
+    original_end: int
+
+
+def redact(text: str, spans: list[PiiSpan]) -> tuple[str, list[Replacement]]:
+    """Replace each span by a typed placeholder such as `<EMAIL_ADDRESS>`."""
+    parts: list[str] = []
+    replacements: list[Replacement] = []
+    cursor = length = 0
+    for span in spans:
+        parts.append(text[cursor : span.start])
+        length += span.start - cursor
+        placeholder = f"<{span.entity_type}>"
+        parts.append(placeholder)
+        replacements.append(Replacement(length, length + len(placeholder), span.start, span.end))
+        length += len(placeholder)
+        cursor = span.end
+    parts.append(text[cursor:])
+    return "".join(parts), replacements
+
+
+def to_original_offset(pos: int, replacements: list[Replacement]) -> int:
+    """Map a position in redacted text to the original; inside a placeholder, to its start."""
+    index = bisect.bisect_right([r.redacted_start for r in replacements], pos) - 1
+    if index < 0:
+        return pos
+    r = replacements[index]
+    if pos < r.redacted_end:
+        return r.original_start
+    return r.original_end + (pos - r.redacted_end)

@@ -1,0 +1,79 @@
+"""The schemas of ragfresh's tables, with column descriptions and PII tags, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+PII_SPAN = pa.struct([("entity_type", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
+
+
+def col(name: str, dtype: pa.DataType, description: str, pii: str = "none") -> pa.Field:
+    """A column whose metadata carries its description and PII tag (none, contains, redacted)."""
+    return pa.field(name, dtype, metadata={"description": description, "pii": pii})
+
+
+@dataclass(frozen=True)
+class TableDef:
+    name: str
+    description: str
+    owner: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+
+
+POLICY_DOCUMENTS = TableDef(
+    name="policy_documents",
+    description="Every version of every policy document, with owners, classification and PII.",
+    owner="team:data-platform",
+    key=("doc_id", "doc_version"),
+    schema=pa.schema([
+        col("doc_id", pa.string(), "POSIX path of the file relative to the policies root"),
+        col("doc_version", pa.int64(), "1 for the first ingested content, +1 per change"),
+        col("is_current", pa.bool_(), "True on the latest version of the document"),
+        col("is_deleted", pa.bool_(), "True on a tombstone: the file was removed"),
+        col("change", pa.string(), "What made this version: added, changed, governance, deleted"),
+        col("content_sha256", pa.string(), "sha256 of the file's bytes"),
+        col("title", pa.string(), "Front matter title, else first heading, else file name"),
+        col("owners", pa.list_(pa.string()), "Owning teams or people; empty means unowned"),
+        col("classification", pa.string(), "public, internal, confidential or restricted"),
+        col("source_path", pa.string(), "Where the file was read from"),
+        col("format", pa.string(), "markdown, text, html, pdf or docx"),
+        col("size_bytes", pa.int64(), "File size in bytes"),
+        col("modified_at", TS, "File modification time"),
+        col("ingested_at", TS, "When this version was written"),
+        col("pii_spans", pa.list_(PII_SPAN), "Detected PII: type and character span in text"),
+        col("text", pa.string(), "Extracted text, original and unredacted", pii="contains"),
+        col("run_id", pa.string(), "Dagster run (or CLI invocation) that wrote this version"),
+    ]),
+)  # fmt: skip
+
+INGEST_ERRORS = TableDef(
+    name="ingest_errors",
+    description="Files that could not be ingested, with the reason; the run went on without them.",
+    owner="team:data-platform",
+    key=("path", "content_sha256", "reason"),
+    schema=pa.schema([
+        col("path", pa.string(), "POSIX path relative to the policies root"),
+        col("content_sha256", pa.string(), "sha256 of the bad file's bytes, when readable"),
+        col("reason", pa.string(), "Why the file was not ingested"),
+        col("error_at", TS, "When the error was first seen"),
+        col("run_id", pa.string(), "Run that first saw it"),
+    ]),
+)  # fmt: skip
+
+
+def column_descriptions(table: TableDef) -> dict[str, str]:
+    return {f.name: f.metadata[b"description"].decode() for f in table.schema}
+
+
+def pii_columns(table: TableDef) -> list[str]:
+    return [f.name for f in table.schema if f.metadata[b"pii"] != b"none"]
+
+
+def empty_frame(table: TableDef) -> pl.DataFrame:
+    """A polars frame with the table's columns and no rows."""
+    return pl.from_arrow(table.schema.empty_table())

@@ -1,0 +1,94 @@
+import polars as pl
+from deltalake import DeltaTable
+
+from ragfresh.documents import ingest_documents, read_documents
+from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
+from tests.conftest import HANDBOOK
+
+
+def all_versions(settings):
+    return read_documents(settings, current_only=False).sort("doc_id", "doc_version")
+
+
+def test_first_ingest_adds_every_bundled_policy_with_governance(settings):
+    result = ingest_documents(settings, run_id="r1")
+    assert result.counts() == {
+        "added": 22, "changed": 0, "deleted": 0, "unchanged": 0, "quarantined": 0
+    }  # fmt: skip
+    docs = read_documents(settings).to_pandas().set_index("doc_id")
+    assert list(docs.loc["retail/overdraft-fees.md", "owners"]) == ["team:retail-banking"]
+    assert docs.loc["compliance/sanctions-screening.md", "classification"] == "restricted"
+    assert list(docs.loc["operations/business-continuity.txt", "owners"]) == []
+    card = docs.loc["retail/card-disputes.md"]
+    types = {s["entity_type"] for s in card["pii_spans"]}
+    assert "CREDIT_CARD" in types
+    assert all(
+        card["text"][s["start"] : s["end"]] != "4111 1111 1111 1112" for s in card["pii_spans"]
+    )
+
+
+def test_governance_change_in_owners_file_writes_a_new_version(settings, corpus):
+    ingest_documents(settings, run_id="r1")
+    owners = corpus / "OWNERS"
+    owners.write_text("operations/** team:operations classification=confidential\n" + owners.read_text())
+    result = ingest_documents(settings, run_id="r2")
+    assert (result.changed, result.added) == (2, 0)
+    current = read_documents(settings).filter(pl.col("doc_id").str.starts_with("operations/"))
+    assert current["change"].to_list() == ["governance", "governance"]
+    assert current["owners"].to_list() == [["team:operations"], ["team:operations"]]
+    assert set(current["doc_version"]) == {2}
+
+
+def test_removed_then_restored_file_gets_tombstone_then_new_version(settings, corpus):
+    ingest_documents(settings, run_id="r1")
+    path = corpus / "hr" / "remote-work.md"
+    content = path.read_bytes()
+    path.unlink()
+    assert ingest_documents(settings, run_id="r2").deleted == 1
+    path.write_bytes(content)
+    assert ingest_documents(settings, run_id="r3").added == 1
+    history = all_versions(settings).filter(pl.col("doc_id") == "hr/remote-work.md")
+    assert history.select("doc_version", "is_current", "is_deleted", "change").rows() == [
+        (1, False, False, "added"),
+        (2, False, True, "deleted"),
+        (3, True, False, "added"),
+    ]
+
+
+def test_bad_new_content_keeps_the_previous_version_current(settings, corpus):
+    ingest_documents(settings, run_id="r1")
+    (corpus / "retail" / "overdraft-fees.md").write_bytes(b"---\ntitle: [broken\n---\nnew fee")
+    first = ingest_documents(settings, run_id="r2")
+    again = ingest_documents(settings, run_id="r3")
+    assert (first.quarantined, first.deleted, first.changed) == (1, 0, 0)
+    current = read_documents(settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
+    assert current["doc_version"].to_list() == [1]
+    assert "Overdraft" in current["title"][0]
+    errors = pl.read_delta(settings.table_uri(INGEST_ERRORS.name))
+    assert errors["path"].to_list() == ["retail/overdraft-fees.md"]
+    assert errors["reason"][0].startswith("malformed YAML front matter")
+    assert again.quarantined == 1 and again.errors.height == 1
+
+
+def test_table_is_governed(settings):
+    ingest_documents(settings, run_id="run-42")
+    table = DeltaTable(settings.table_uri(POLICY_DOCUMENTS.name))
+    config = table.metadata().configuration
+    assert config["delta.enableChangeDataFeed"] == "true"
+    assert config["ragfresh.owner"] == "team:data-platform"
+    assert table.metadata().name == "policy_documents"
+    text_field = next(f for f in table.schema().fields if f.name == "text")
+    assert text_field.metadata["pii"] == "contains"
+    assert "unredacted" in text_field.metadata["description"]
+    merges = [h for h in table.history() if h["operation"] == "MERGE"]
+    assert merges[0]["ragfresh.run_id"] == "run-42"
+
+
+def test_whole_18f_handbook_ingests_with_nothing_quarantined(settings, monkeypatch, tmp_path):
+    monkeypatch.setenv("RAGFRESH_POLICIES", str(HANDBOOK / "pages"))
+    handbook = type(settings).load()
+    result = ingest_documents(handbook, run_id="18f")
+    assert result.quarantined == 0, result.errors.to_dicts()
+    assert result.added == 246
+    texts = read_documents(handbook)["text"]
+    assert texts.str.contains("{% page", literal=True).any()  # Liquid tags survive as text
