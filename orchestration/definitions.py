@@ -2,12 +2,17 @@
 
 import dagster as dg
 
-from assets import documents
+from assets import chunks, documents, traces, vectors
 from orchestration.jobs import refresh_policies
-from orchestration.resources import RagfreshResource
+from orchestration.resources import EmbedderResource, RagfreshResource
 
 defs = dg.Definitions(
-    assets=[documents.policy_documents],
+    assets=[
+        documents.policy_documents,
+        chunks.policy_chunks,
+        vectors.policy_vectors,
+        traces.retrieval_traces,
+    ],
     jobs=[refresh_policies],
-    resources={"ragfresh": RagfreshResource()},
+    resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
 )

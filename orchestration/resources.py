@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from ragfresh.config import Settings
+from ragfresh.embedding import Embedder
 
 
 class RagfreshResource(dg.ConfigurableResource):
@@ -15,3 +18,12 @@ class RagfreshResource(dg.ConfigurableResource):
 
     def settings(self) -> Settings:
         return Settings.load(home=self.home, policies=self.policies)
+
+
+class EmbedderResource(dg.ConfigurableResource):
+    """The embedding model, from its package by default; weights load on first use, once."""
+
+    model_path: str | None = None
+
+    def embedder(self) -> Embedder:
+        return Embedder(Path(self.model_path) if self.model_path else None)

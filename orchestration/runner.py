@@ -36,7 +36,7 @@ def _value(entry: Any) -> Any:
     return getattr(entry, "value", entry)
 
 
-def run_refresh(settings: Settings) -> dict[str, dict[str, Any]]:
+def run_refresh(settings: Settings) -> dict[str, Any]:
     """Materialize every asset once, recorded in the instance the UI reads; return metadata."""
     os.environ["RAGFRESH_HOME"] = str(settings.home)
     os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
@@ -45,7 +45,8 @@ def run_refresh(settings: Settings) -> dict[str, dict[str, Any]]:
 
     job = defs.resolve_job_def("refresh_policies")
     result = job.execute_in_process(instance=instance, tags={"ragfresh/trigger": "cli"})
-    summary: dict[str, dict[str, Any]] = {"run": {"run_id": result.run_id}}
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    summary: dict[str, Any] = {"run": {"run_id": result.run_id}, "checks": checks}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization
         summary[materialization.asset_key.to_user_string()] = {

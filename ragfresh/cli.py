@@ -10,8 +10,14 @@ import sys
 from typing import Any
 
 from ragfresh.config import Settings
+from ragfresh.embedding import Embedder
+from ragfresh.search import IndexNotBuiltError, search_many
+from ragfresh.status import index_status
+from ragfresh.traces import explain_trace
 
 DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
+CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
+VECTOR_COUNTS = ("embedded", "reused", "deleted")
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -20,22 +26,84 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     materialized = run_refresh(settings)
     docs = materialized.get("policy_documents", {})
+    chunks = materialized.get("policy_chunks", {})
+    vectors = materialized.get("policy_vectors", {})
     summary: dict[str, Any] = {
         "run_id": materialized["run"]["run_id"],
         "home": str(settings.home),
         "policies": str(settings.policies),
         "documents": {k: docs.get(k, 0) for k in DOCUMENT_COUNTS},
         "quarantined_files": materialized.get("ingest_errors", {}).get("files", []),
+        "chunks": {k: chunks.get(k, 0) for k in CHUNK_COUNTS},
+        "vectors": {k: vectors.get(k, 0) for k in VECTOR_COUNTS}
+        | {"rows": vectors.get("dagster/row_count"), "index_version": vectors.get("table_version")},
+        "checks": materialized["checks"],
     }
     if args.json:
         print(json.dumps(summary))
         return 0
     print(f"ragfresh run {summary['run_id']} over {settings.policies}")
     print(f"  state: {settings.home} (Dagster instance: {settings.dagster_home})")
-    print("  documents: " + ", ".join(f"{k} {summary['documents'][k]}" for k in DOCUMENT_COUNTS))
+    for stage, keys in (("documents", DOCUMENT_COUNTS), ("chunks", CHUNK_COUNTS)):
+        print(f"  {stage}: " + ", ".join(f"{k} {summary[stage][k]}" for k in keys))
+    v = summary["vectors"]
+    print(
+        f"  vectors: embedded {v['embedded']}, reused {v['reused']}, deleted {v['deleted']}; "
+        f"{v['rows']} rows at index version {v['index_version']}"
+    )
     for error in summary["quarantined_files"]:
         print(f"  quarantined {error['path']}: {error['reason']}")
+    for check, passed in summary["checks"].items():
+        print(f"  check {check}: {'passed' if passed else 'FAILED'}")
+    return 0 if all(summary["checks"].values()) else 1
+
+
+def _search(settings: Settings, args: argparse.Namespace) -> int:
+    questions = [args.question] if args.question else []
+    if args.questions:
+        with open(args.questions, encoding="utf-8") as handle:
+            questions += [line.strip() for line in handle if line.strip()]
+    if not questions:
+        raise ValueError("give a QUESTION or --questions FILE")
+    results = search_many(settings, Embedder(), questions, k=args.k, caller=args.caller)
+    for result in results:
+        if args.json:
+            print(json.dumps(result.to_dict()))
+            continue
+        print(f"{result.question}\n  trace {result.trace_id}, index version "
+              f"{result.index_version}, {result.latency_ms:.0f} ms")  # fmt: skip
+        for rank, hit in enumerate(result.hits, start=1):
+            print(f"  {rank}. {hit.doc_id} v{hit.doc_version} [{hit.heading}] "
+                  f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip
+            print("     " + " ".join(hit.text.split())[:200])
     return 0
+
+
+def _trace(settings: Settings, args: argparse.Namespace) -> int:
+    report = explain_trace(settings, args.trace_id)
+    if args.json:
+        print(json.dumps({**report.__dict__, "stale_hits": report.stale_hits}, default=str))
+        return 0
+    t = report.trace
+    print(f"trace {t['trace_id']} at {t['searched_at']} by {t['caller']}: {t['question']}")
+    retained = "" if report.index_retained else " (no longer retained: texts unavailable)"
+    print(f"  index version {t['index_version']}{retained}, model {t['model_id']}")
+    for hit in report.hits:
+        print(f"  {hit['rank']}. {hit['doc_id']} v{hit['doc_version']}: {hit['status']}")
+        if hit["text"]:
+            print("     " + " ".join(hit["text"].split())[:200])
+    print(f"  {report.stale_hits} of {len(report.hits)} hits no longer current")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    status = index_status(settings, Embedder())
+    if args.json:
+        print(json.dumps(status))
+    else:
+        for key, value in status.items():
+            print(f"{key}: {value}")
+    return 0 if not any(status["reconciliation"].values()) else 1
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -59,6 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialize the whole asset graph and print a summary")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.set_defaults(handler=_run)
+    search = commands.add_parser("search", help="hybrid search with a receipt per hit")
+    search.add_argument("question", nargs="?", help="the question")
+    search.add_argument("-k", type=int, default=5, help="hits per question (default 5)")
+    search.add_argument("--questions", help="a file with one question a line")
+    search.add_argument("--caller", default="cli", help="recorded in the trace (default cli)")
+    search.add_argument("--json", action="store_true", help="one JSON object per question")
+    search.set_defaults(handler=_search)
+    trace = commands.add_parser("trace", help="reconstruct a past search from its trace id")
+    trace.add_argument("trace_id")
+    trace.add_argument("--json", action="store_true")
+    trace.set_defaults(handler=_trace)
+    status = commands.add_parser("status", help="counts, reconciliation and index version")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
     dev = commands.add_parser("dev", help="start the Dagster UI on this home's instance")
     dev.add_argument("dagster_args", nargs="*", help="passed on to `dagster dev`")
     dev.set_defaults(handler=_dev)
@@ -74,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.load(home=args.home, policies=args.policies)
     try:
         return args.handler(settings, args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LookupError, IndexNotBuiltError) as exc:
         print(f"ragfresh: error: {exc}", file=sys.stderr)
         return 2
 

@@ -65,13 +65,54 @@ INGEST_ERRORS = TableDef(
     ]),
 )  # fmt: skip
 
+POLICY_CHUNKS = TableDef(
+    name="policy_chunks",
+    description="Current chunks of current documents, PII redacted, sized for the model.",
+    owner="team:data-platform",
+    key=("chunk_id",),
+    schema=pa.schema([
+        col("chunk_id", pa.string(), "Hash of document, text and repeat: unchanged text keeps it"),
+        col("doc_id", pa.string(), "Document the chunk belongs to"),
+        col("doc_version", pa.int64(), "Document version the offsets refer to"),
+        col("chunk_index", pa.int64(), "Position of the chunk in the document"),
+        col("heading", pa.string(), "Markdown heading path above the chunk, ' > ' separated"),
+        col("char_start", pa.int64(), "Start offset in the document version's text"),
+        col("char_end", pa.int64(), "End offset (exclusive) in the document version's text"),
+        col("text", pa.string(), "Text as embedded and served; null when blocked", pii="redacted"),
+        col("text_sha256", pa.string(), "sha256 of text: what embedding reuse is keyed on"),
+        col("token_count", pa.int64(), "Model tokens, special tokens included"),
+        col("owners", pa.list_(pa.string()), "Owners of the document"),
+        col("classification", pa.string(), "Classification of the document"),
+        col("pii_types", pa.list_(pa.string()), "PII types found inside the chunk"),
+        col("pii_action", pa.string(), "none, redacted, blocked or allowed"),
+        col("chunker_id", pa.string(), "Chunking configuration; a change re-chunks everything"),
+        col("run_id", pa.string(), "Run that wrote the chunk"),
+    ]),
+)  # fmt: skip
 
-def column_descriptions(table: TableDef) -> dict[str, str]:
-    return {f.name: f.metadata[b"description"].decode() for f in table.schema}
+TRACE_HIT = pa.struct([
+    ("rank", pa.int64()), ("chunk_id", pa.string()), ("doc_id", pa.string()),
+    ("doc_version", pa.int64()), ("score", pa.float64()),
+])  # fmt: skip
 
-
-def pii_columns(table: TableDef) -> list[str]:
-    return [f.name for f in table.schema if f.metadata[b"pii"] != b"none"]
+RETRIEVAL_TRACES = TableDef(
+    name="retrieval_traces",
+    description="One row per search: what was asked, what was served, from which index version.",
+    owner="team:data-platform",
+    key=("trace_id",),
+    schema=pa.schema([
+        col("trace_id", pa.string(), "Receipt id returned with every hit"),
+        col("searched_at", TS, "When the search ran"),
+        col("question", pa.string(), "The question as asked", pii="contains"),
+        col("question_sha256", pa.string(), "sha256 of the question"),
+        col("k", pa.int64(), "Hits requested"),
+        col("hits", pa.list_(TRACE_HIT), "Hits served: rank, chunk, document version, score"),
+        col("index_version", pa.int64(), "LanceDB table version searched"),
+        col("model_id", pa.string(), "Model that embedded the question"),
+        col("latency_ms", pa.float64(), "Search latency, embedding included"),
+        col("caller", pa.string(), "Who searched: cli, an application name"),
+    ]),
+)  # fmt: skip
 
 
 def empty_frame(table: TableDef) -> pl.DataFrame:

@@ -19,7 +19,9 @@ def test_no_core_module_imports_dagster_at_module_level():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
-            assert not any(n.split(".")[0] in {"dagster", "orchestration", "assets"} for n in names), path
+            assert not any(
+                n.split(".")[0] in {"dagster", "orchestration", "assets"} for n in names
+            ), path
 
 
 def test_importing_every_core_module_leaves_dagster_unloaded():

@@ -9,9 +9,17 @@ import dagster as dg
 
 
 def ragfresh(settings, *args):
-    env = {**os.environ, "RAGFRESH_HOME": str(settings.home), "RAGFRESH_POLICIES": str(settings.policies)}
+    env = {
+        **os.environ,
+        "RAGFRESH_HOME": str(settings.home),
+        "RAGFRESH_POLICIES": str(settings.policies),
+    }
     return subprocess.run(
-        [sys.executable, "-m", "ragfresh.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "ragfresh.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -30,7 +30,9 @@ def test_first_ingest_adds_every_bundled_policy_with_governance(settings):
 def test_governance_change_in_owners_file_writes_a_new_version(settings, corpus):
     ingest_documents(settings, run_id="r1")
     owners = corpus / "OWNERS"
-    owners.write_text("operations/** team:operations classification=confidential\n" + owners.read_text())
+    owners.write_text(
+        "operations/** team:operations classification=confidential\n" + owners.read_text()
+    )
     result = ingest_documents(settings, run_id="r2")
     assert (result.changed, result.added) == (2, 0)
     current = read_documents(settings).filter(pl.col("doc_id").str.starts_with("operations/"))

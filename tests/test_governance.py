@@ -28,11 +28,15 @@ def test_first_matching_rule_wins():
 
 
 def test_owner_and_classification_resolve_field_by_field():
-    assert resolve_governance("hr/leave.md", {}, rules()) == Governance(("team:hr",), "confidential")
+    assert resolve_governance("hr/leave.md", {}, rules()) == Governance(
+        ("team:hr",), "confidential"
+    )
 
 
 def test_front_matter_wins_over_owners_file():
-    gov = resolve_governance("retail/cards.md", {"owner": ["team:cards"], "classification": "restricted"}, rules())
+    gov = resolve_governance(
+        "retail/cards.md", {"owner": ["team:cards"], "classification": "restricted"}, rules()
+    )
     assert gov == Governance(("team:cards",), "restricted")
 
 
@@ -54,7 +58,9 @@ def test_invalid_front_matter_governance_is_rejected(front_matter, reason):
 
 
 def test_bad_owners_lines_are_reported_and_the_rest_apply():
-    parsed, errors = parse_owner_rules("a/** team:a\nb/** not-an-owner\nc/**\nd/** classification=top\n")
+    parsed, errors = parse_owner_rules(
+        "a/** team:a\nb/** not-an-owner\nc/**\nd/** classification=top\n"
+    )
     assert [r.pattern for r in parsed] == ["a/**"]
     assert errors == [
         "line 2: invalid owner 'not-an-owner' (expected team:<name> or an email)",

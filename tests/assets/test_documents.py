@@ -31,7 +31,9 @@ def test_materialization_versions_tombstones_quarantine_and_cdf(settings, corpus
         (corpus / "retail" / "overdraft-fees.md").read_text().replace("$", "USD ")
     )
     (corpus / "hr" / "parental-leave.md").unlink()
-    (corpus / "finance" / "gifts.md").write_text("---\ntitle: Gifts\n---\nGifts over $50 need approval.\n")
+    (corpus / "finance" / "gifts.md").write_text(
+        "---\ntitle: Gifts\n---\nGifts over $50 need approval.\n"
+    )
     (corpus / "finance" / "scan.pdf").write_bytes(b"%PDF-1.7 truncated")
     (corpus / "finance" / "notes.txt").write_bytes(b"\xff\xfe\x00bad")
     second = materialize(settings, instance)
@@ -39,7 +41,10 @@ def test_materialization_versions_tombstones_quarantine_and_cdf(settings, corpus
     assert (docs["added"], docs["changed"], docs["deleted"], docs["quarantined"]) == (1, 1, 1, 2)
     assert docs["unchanged"] == 20
     assert "overdraft-fees.md" in docs["changes"]
-    assert {e["path"] for e in second["ingest_errors"]["files"]} == {"finance/scan.pdf", "finance/notes.txt"}
+    assert {e["path"] for e in second["ingest_errors"]["files"]} == {
+        "finance/scan.pdf",
+        "finance/notes.txt",
+    }
 
     versions = pl.read_delta(uri)
     tomb = versions.filter(pl.col("doc_id") == "hr/parental-leave.md").sort("doc_version")

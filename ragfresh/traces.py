@@ -1,0 +1,72 @@
+"""Reconstruct a past search: the chunks it served, from the index version and the document
+versions it used, and which of those versions are no longer current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from ragfresh import delta_store
+from ragfresh.chunks import sql_list
+from ragfresh.config import Settings
+from ragfresh.documents import read_documents
+from ragfresh.tables import RETRIEVAL_TRACES
+from ragfresh.vectors import open_vectors
+
+
+class TraceNotFoundError(LookupError):
+    """No trace with that id."""
+
+
+@dataclass(frozen=True)
+class TraceReport:
+    trace: dict[str, Any]
+    hits: list[dict[str, Any]]
+    index_retained: bool
+
+    @property
+    def stale_hits(self) -> int:
+        return sum(1 for h in self.hits if not h["still_current"])
+
+
+def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
+    """The trace row plus, per hit, its text at that index version and its document's status."""
+    traces = delta_store.read_table(
+        settings.table_uri(RETRIEVAL_TRACES.name), RETRIEVAL_TRACES.schema
+    ).filter(pl.col("trace_id") == trace_id)
+    if traces.is_empty():
+        raise TraceNotFoundError(f"no trace {trace_id!r} in {RETRIEVAL_TRACES.name}")
+    trace = traces.row(0, named=True)
+    hits = trace["hits"]
+    texts: dict[str, str] = {}
+    table = open_vectors(settings, version=trace["index_version"])
+    if table is not None and hits:
+        served = table.to_lance().to_table(
+            columns=["chunk_id", "text"],
+            filter=f"chunk_id IN ({sql_list([h['chunk_id'] for h in hits])})",
+        )
+        texts = dict(zip(served["chunk_id"].to_pylist(), served["text"].to_pylist(), strict=True))
+    latest = {
+        r["doc_id"]: r
+        for r in read_documents(settings, current_only=False)
+        .filter(pl.col("is_current"))
+        .select("doc_id", "doc_version", "is_deleted")
+        .iter_rows(named=True)
+    }
+    report = []
+    for hit in hits:
+        now = latest.get(hit["doc_id"])
+        if now is None or now["is_deleted"]:
+            status = "document deleted"
+        elif now["doc_version"] != hit["doc_version"]:
+            status = f"superseded by version {now['doc_version']}"
+        else:
+            status = "current"
+        report.append(
+            {**hit, "text": texts.get(hit["chunk_id"]), "still_current": status == "current",
+             "status": status}
+        )  # fmt: skip
+    trace_fields = {k: v for k, v in trace.items() if k != "hits"}
+    return TraceReport(trace=trace_fields, hits=report, index_retained=table is not None)

@@ -1,0 +1,212 @@
+"""The `policy_vectors` LanceDB table: embed only what is new, delete what left, one writer."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import lancedb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from filelock import FileLock
+from lancedb.index import FTS, IvfPq
+
+from ragfresh.chunks import read_chunks, sql_list
+from ragfresh.config import Settings
+from ragfresh.embedding import Embedder
+from ragfresh.tables import POLICY_CHUNKS, TS
+
+log = logging.getLogger(__name__)
+
+VECTORS = "policy_vectors"
+METADATA = ["chunk_id", "doc_id", "doc_version", "chunk_index", "heading", "char_start",
+            "char_end", "owners", "classification", "text", "text_sha256"]  # fmt: skip
+OPTIMIZE_FRAGMENTS = 16
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    embedded: int
+    reused: int
+    deleted: int
+    rows: int
+    table_version: int | None
+    embed_seconds: float
+    model_id: str
+    model_changed: bool
+
+    @property
+    def embeddings_per_second(self) -> float:
+        return self.embedded / self.embed_seconds if self.embed_seconds else 0.0
+
+
+def vector_schema(dimensions: int) -> pa.Schema:
+    """Chunk metadata as in `policy_chunks`, plus the model stamp and the vector."""
+    return pa.schema(
+        [POLICY_CHUNKS.schema.field(name).remove_metadata() for name in METADATA]
+        + [
+            pa.field("model_id", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dimensions)),
+            pa.field("embedded_at", TS),
+        ]
+    )
+
+
+def open_vectors(settings: Settings, version: int | None = None) -> lancedb.table.Table | None:
+    """The vector table (at a version, for time travel), or None before the first build."""
+    db = lancedb.connect(settings.vectors_uri)
+    try:
+        return db.open_table(VECTORS, version=version)
+    except (ValueError, FileNotFoundError):
+        return None
+
+
+def read_vector_rows(table: lancedb.table.Table | None, columns: list[str]) -> pl.DataFrame:
+    """Columns of every row, without loading the vectors unless asked for."""
+    if table is None:
+        return pl.DataFrame(schema={c: pl.String for c in columns})
+    return pl.from_arrow(table.to_lance().to_table(columns=columns))
+
+
+def _desired_rows(settings: Settings) -> pl.DataFrame:
+    chunks = read_chunks(settings, [*METADATA, "pii_action"])
+    return chunks.filter(pl.col("pii_action") != "blocked").select(METADATA)
+
+
+def _changed_rows(desired: pl.DataFrame, existing: pl.DataFrame, model_id: str) -> pl.DataFrame:
+    """Desired rows that are missing, differ in metadata, or were embedded by another model."""
+    current = existing.filter(pl.col("model_id") == model_id).unique("chunk_id", keep="first")
+    same = desired.join(current.select(METADATA), on=METADATA, how="semi", nulls_equal=True)
+    return desired.join(same.select("chunk_id"), on="chunk_id", how="anti")
+
+
+def reconcile(settings: Settings, model_id: str) -> dict[str, int]:
+    """Counts that must all be zero: vectors against current chunks and the current model."""
+    desired = _desired_rows(settings)
+    existing = read_vector_rows(open_vectors(settings), [*METADATA, "model_id"])
+    if existing.is_empty():
+        existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
+    present = set(existing["chunk_id"])
+    missing = desired.filter(~pl.col("chunk_id").is_in(present)).height
+    changed = _changed_rows(desired, existing, model_id).height
+    return {
+        "missing": missing,
+        "stale": changed - missing,
+        "orphaned": existing.filter(~pl.col("chunk_id").is_in(desired["chunk_id"])).height,
+        "duplicates": existing.height - existing["chunk_id"].n_unique(),
+        "model_mismatch": existing.filter(pl.col("model_id") != model_id).height,
+    }
+
+
+def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, np.ndarray]:
+    if table is None or not shas:
+        return {}
+    found = table.to_lance().to_table(
+        columns=["text_sha256", "vector"],
+        filter=f"model_id = '{model_id}' AND text_sha256 IN ({sql_list(shas)})",
+    )
+    return dict(zip(found["text_sha256"].to_pylist(), found["vector"].to_numpy(), strict=True))
+
+
+def sync_vectors(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
+    """Bring the vector table in line with current chunks, under the single-writer lock."""
+    settings.locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(settings.locks / f"{VECTORS}.lock"):
+        return _sync(settings, embedder, run_id)
+
+
+def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
+    model_id = embedder.model_id
+    table = open_vectors(settings)
+    desired = _desired_rows(settings)
+    existing = read_vector_rows(table, ["chunk_id", "model_id", *METADATA[1:]])
+    if existing.is_empty():
+        existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
+    duplicated = existing.filter(pl.col("chunk_id").is_duplicated())["chunk_id"].unique()
+    upserts = pl.concat(
+        [
+            _changed_rows(desired, existing, model_id),
+            desired.filter(pl.col("chunk_id").is_in(duplicated)),
+        ]
+    ).unique("chunk_id", keep="first")
+    gone = sorted(set(existing["chunk_id"]) - set(desired["chunk_id"]))
+    model_changed = existing.height > 0 and (existing["model_id"] != model_id).all()
+    if model_changed:
+        log.warning("model changed to %s: every chunk is re-embedded", model_id)
+    if upserts.is_empty() and not gone and duplicated.is_empty():
+        version = table.version if table else None
+        return SyncResult(0, 0, 0, existing.height, version, 0.0, model_id, False)
+
+    needed = upserts["text_sha256"].unique().to_list()
+    vectors = _reusable_vectors(table, model_id, needed)
+    to_embed = upserts.filter(~pl.col("text_sha256").is_in(list(vectors))).unique("text_sha256")
+    started = time.perf_counter()
+    if not to_embed.is_empty():
+        log.info("embedding %d texts with %s", to_embed.height, model_id)
+
+        def progress(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            log.info("embedded %d/%d texts (%.1f/s)", done, total, rate)
+
+        encoded = embedder.encode(to_embed["text"].to_list(), progress=progress)
+        vectors.update(zip(to_embed["text_sha256"].to_list(), encoded, strict=True))
+    embed_seconds = time.perf_counter() - started
+
+    schema = vector_schema(embedder.dimensions)
+    rows = upserts.with_columns(model_id=pl.lit(model_id), embedded_at=pl.lit(datetime.now(tz=UTC)))
+    matrix = np.stack([vectors[s] for s in rows["text_sha256"]]).astype(np.float32).ravel()
+    vector = pa.FixedSizeListArray.from_arrays(matrix, embedder.dimensions)
+    arrow = rows.to_arrow().append_column("vector", vector).select(schema.names).cast(schema)
+    table = _write(settings, table, arrow, gone, duplicated.to_list(), schema)
+    _maintain_indexes(settings, table)
+    return SyncResult(
+        embedded=to_embed.height,
+        reused=upserts.height - to_embed.height,
+        deleted=len(gone),
+        rows=table.count_rows(),
+        table_version=table.version,
+        embed_seconds=embed_seconds,
+        model_id=model_id,
+        model_changed=bool(model_changed),
+    )
+
+
+def _write(settings, table, rows: pa.Table, gone: list[str], duplicated: list[str], schema):
+    """One new table version for the refresh (plus one first if duplicates need repair)."""
+    if table is None:
+        db = lancedb.connect(settings.vectors_uri)
+        return db.create_table(VECTORS, data=rows, schema=schema)
+    if duplicated:
+        log.warning("repairing %d duplicated chunk ids", len(duplicated))
+        table.delete(f"chunk_id IN ({sql_list(duplicated)})")
+    if rows.num_rows == 0:
+        table.delete(f"chunk_id IN ({sql_list(gone)})")
+        return table
+    merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
+    if gone:
+        merge = merge.when_not_matched_by_source_delete(f"chunk_id IN ({sql_list(gone)})")
+    merge.execute(rows)
+    return table
+
+
+def _maintain_indexes(settings: Settings, table: lancedb.table.Table) -> None:
+    """Full-text index from the first build; a vector index once the table is large enough;
+    compaction when fragments pile up. Unindexed rows stay searchable meanwhile."""
+    indices = {i.columns[0]: i for i in table.list_indices()}
+    rows = table.count_rows()
+    if "text" not in indices:
+        table.create_index("text", config=FTS())
+    if "vector" not in indices and rows >= settings.vector_index_min_rows:
+        log.info("building the IVF_PQ vector index over %d rows", rows)
+        partitions = max(1, int(math.sqrt(rows)))
+        table.create_index(
+            "vector", config=IvfPq(distance_type="cosine", num_partitions=partitions)
+        )
+    fragments = table.stats()["fragment_stats"]["num_fragments"]
+    if fragments >= OPTIMIZE_FRAGMENTS:
+        log.info("optimizing %s: %d fragments", VECTORS, fragments)
+        table.optimize(cleanup_older_than=timedelta(days=settings.version_retention_days))
