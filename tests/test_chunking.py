@@ -1,0 +1,82 @@
+import pytest
+
+from ragfresh.chunking import Chunker
+from ragfresh.parsing import parse_document
+from ragfresh.pii import detect_pii
+from tests.conftest import BUNDLED, HANDBOOK
+
+
+@pytest.fixture(scope="module")
+def chunker():
+    from ragfresh.embedding import Embedder
+
+    return Chunker.for_model(Embedder())
+
+
+def test_no_chunk_exceeds_the_model_limit_on_the_whole_18f_handbook(chunker):
+    pages = sorted((HANDBOOK / "pages").rglob("*.md"))
+    assert len(pages) == 246
+    total = 0
+    for page in pages:
+        doc = parse_document(page.name, page.read_bytes())
+        chunks = chunker.chunk(page.name, doc.text, [], "redact")
+        total += len(chunks)
+        for c in chunks:
+            assert chunker.count_tokens(c.text) == c.token_count <= chunker.max_tokens == 256
+            assert doc.text[c.char_start : c.char_end] == c.text
+    assert total > 2000
+
+
+def test_a_piece_over_the_limit_is_split_again(chunker):
+    text = " ".join(f"word{i} policy clause" for i in range(400))
+    pieces = chunker.pieces(text, capacity=chunker.max_tokens)  # ignores [CLS]/[SEP]: too big
+    assert len(pieces) > 2
+    assert all(chunker.count_tokens(p) <= chunker.max_tokens for _, p in pieces)
+    assert all(text[s : s + len(p)] == p for s, p in pieces)
+
+
+def test_chunks_carry_heading_paths_and_keep_tables_whole():
+    from ragfresh.embedding import Embedder
+
+    small = Chunker(Embedder().tokenizer(), 64, "test")
+    text = (
+        "# Fees\n\nIntro paragraph about fees.\n\n## Overdraft\n\n"
+        + "Overdraft rules apply to checking accounts. " * 6
+        + "\n\n## Schedule\n\n| Fee | Amount |\n| --- | --- |\n| Item | $29 |\n| Daily | $0 |\n"
+    )
+    chunks = small.chunk("fees.md", text, [], "redact")
+    headings = {c.heading for c in chunks}
+    assert {"Fees > Overdraft", "Fees > Schedule"} <= headings
+    table = next(c for c in chunks if "| Item | $29 |" in c.text)
+    assert "| Daily | $0 |" in table.text and table.heading == "Fees > Schedule"
+
+
+def test_unchanged_text_keeps_its_chunk_id_when_the_document_changes_elsewhere(chunker):
+    doc = parse_document("x.md", (BUNDLED / "retail" / "overdraft-fees.md").read_bytes())
+    before = chunker.chunk("retail/overdraft-fees.md", doc.text, [], "redact")
+    edited = doc.text.replace("$29 per item", "$32 per item")
+    after = chunker.chunk("retail/overdraft-fees.md", edited, [], "redact")
+    changed = {c.chunk_id for c in after} - {c.chunk_id for c in before}
+    assert len(changed) == 1
+    assert len(after) == len(before)
+    assert "$32 per item" in next(c.text for c in after if c.chunk_id in changed)
+
+
+@pytest.mark.parametrize(
+    ("action", "expected_text", "outcome"),
+    [
+        ("redact", "<EMAIL_ADDRESS>", "redacted"),
+        ("allow", "maria.okafor@northwind-bank.com", "allowed"),
+        ("block", None, "blocked"),
+    ],
+)
+def test_pii_gate_redacts_blocks_or_allows_by_rule(chunker, action, expected_text, outcome):
+    text = "# Contacts\n\nEscalate to maria.okafor@northwind-bank.com within two days.\n"
+    spans = detect_pii(text)
+    [chunk] = chunker.chunk("c.md", text, spans, action)
+    assert chunk.pii_action == outcome and chunk.pii_types == ["EMAIL_ADDRESS"]
+    if expected_text is None:
+        assert chunk.text is None
+    else:
+        assert expected_text in chunk.text
+    assert (chunk.char_start, chunk.char_end) == (0, len(text.strip()))

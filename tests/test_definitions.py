@@ -1,0 +1,63 @@
+"""A snapshot of every asset spec: keys, deps, owners, kinds, tags, groups and automation."""
+
+from orchestration.definitions import defs
+
+EXPECTED = {
+    "policy_documents": {
+        "deps": [], "group": "ingestion", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "polars"], "tags": {"layer": "bronze", "pii": "contains"},
+        "automation": None,
+    },
+    "ingest_errors": {
+        "deps": [], "group": "ingestion", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "polars"], "tags": {"layer": "bronze", "pii": "none"},
+        "automation": None,
+    },
+    "policy_chunks": {
+        "deps": ["policy_documents"], "group": "indexing", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "polars"], "tags": {"layer": "silver", "pii": "redacted"},
+        "automation": "eager",
+    },
+    "policy_vectors": {
+        "deps": ["policy_chunks"], "group": "indexing", "owners": ["team:data-platform"],
+        "kinds": ["lancedb", "pytorch"], "tags": {"layer": "gold", "pii": "redacted"},
+        "automation": "eager",
+    },
+    "retrieval_traces": {
+        "deps": ["policy_vectors"], "group": "serving", "owners": ["team:data-platform"],
+        "kinds": ["deltalake"], "tags": {"layer": "audit", "pii": "contains"},
+        "automation": None,
+    },
+}  # fmt: skip
+
+
+def snapshot(spec):
+    condition = spec.automation_condition
+    return {
+        "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
+        "group": spec.group_name,
+        "owners": list(spec.owners),
+        "kinds": sorted(spec.kinds),
+        "tags": {k: v for k, v in spec.tags.items() if not k.startswith("dagster/")},
+        "automation": condition.get_label() if condition else None,
+    }
+
+
+def test_asset_specs_match_the_snapshot():
+    specs = {s.key.to_user_string(): snapshot(s) for s in defs.resolve_all_asset_specs()}
+    assert specs == EXPECTED
+
+
+def test_every_asset_has_a_description_and_table_assets_a_column_schema():
+    for spec in defs.resolve_all_asset_specs():
+        assert spec.description, spec.key
+        if spec.key.to_user_string() != "policy_vectors":
+            schema = spec.metadata["dagster/column_schema"]
+            assert all(c.description and "pii" in c.tags for c in schema.columns)
+
+
+def test_vector_writes_share_one_pool_and_reconciliation_blocks():
+    vectors = defs.resolve_assets_def("policy_vectors")
+    assert vectors.op.pool == "lancedb_writer"
+    [check] = vectors.check_specs
+    assert check.name == "vectors_reconcile" and check.blocking

@@ -1,0 +1,40 @@
+import os
+import shutil
+
+import numpy as np
+
+from ragfresh.embedding import MODEL_NAME, Embedder, _load_model
+
+
+def test_model_id_names_the_model_and_hashes_its_files(tmp_path):
+    packaged = Embedder()
+    assert packaged.model_id.startswith(f"{MODEL_NAME}@") and len(packaged.model_id) > 20
+    assert Embedder().model_id == packaged.model_id
+    copy = tmp_path / "model"
+    shutil.copytree(packaged.path, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    (copy / "model.safetensors").symlink_to(packaged.path / "model.safetensors")
+    assert Embedder(copy).model_id == packaged.model_id
+    config = (copy / "config.json").read_text().replace('"hidden_act"', '"note": "x", "hidden_act"')
+    (copy / "config.json").write_text(config)
+    assert Embedder(copy).model_id != packaged.model_id
+
+
+def test_real_model_embeds_offline_normalized_and_meaningfully(embedder):
+    vectors = embedder.encode(
+        [
+            "What is the overdraft fee?",
+            "fee charged when the account is overdrawn",
+            "parental leave",
+        ]
+    )
+    assert vectors.shape == (3, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert embedder.max_tokens == 256 and embedder.dimensions == 384
+
+
+def test_the_model_loads_once_per_process(embedder):
+    embedder.encode(["a"])
+    Embedder().encode(["b"])
+    assert _load_model.cache_info().currsize == 1

@@ -1,0 +1,81 @@
+"""The real-world case: three real policy edits from the 18F handbook's history."""
+
+import json
+import shutil
+from datetime import UTC, datetime
+
+import polars as pl
+import pytest
+
+from ragfresh.chunks import read_chunks
+from ragfresh.config import Settings
+from ragfresh.pipeline import refresh
+from ragfresh.search import search_many
+from ragfresh.vectors import open_vectors, read_vector_rows, reconcile
+from tests.conftest import HANDBOOK
+
+CHANGES = [
+    json.loads(line) for line in (HANDBOOK / "changes" / "changes.jsonl").read_text().splitlines()
+]
+FOLDERS = [
+    "travel-and-leave",
+    "hiring-staying-or-changing-jobs",
+    "general-information-and-resources/employee-resources-policies",
+]
+
+
+def doc_id(change: dict) -> str:
+    return change["path"].removeprefix("pages/")
+
+
+@pytest.fixture(scope="module")
+def handbook(tmp_path_factory, embedder):
+    """Three folders of the handbook with the three pages as they were before their edits."""
+    root = tmp_path_factory.mktemp("18f")
+    policies = root / "pages"
+    for folder in FOLDERS:
+        shutil.copytree(HANDBOOK / "pages" / folder, policies / folder)
+    for change in CHANGES:
+        shutil.copy(HANDBOOK / change["before_file"], policies / doc_id(change))
+    settings = Settings.load(home=root / "home", policies=policies)
+    build = refresh(settings, embedder, "before")
+    return settings, build
+
+
+def test_the_real_edits_are_served_fresh_and_only_changed_chunks_are_embedded(handbook, embedder):
+    settings, build = handbook
+    assert build["documents"]["quarantined"] == 0 and build["vectors"]["embedded"] > 250
+    before = search_many(settings, embedder, [c["question"] for c in CHANGES], k=5)
+    assert any(
+        c["evidence_before"] in h.text for c, r in zip(CHANGES, before, strict=True) for h in r.hits
+    )
+    texts_before = set(read_chunks(settings)["text_sha256"])
+    switched_at = datetime.now(tz=UTC)
+    for change in CHANGES:
+        shutil.copy(HANDBOOK / change["after_file"], settings.policies / doc_id(change))
+
+    result = refresh(settings, embedder, "after")
+
+    assert result["documents"]["changed"] == 3 and result["documents"]["unchanged"] > 20
+    chunks = read_chunks(settings)
+    new_texts = chunks.filter(~pl.col("text_sha256").is_in(list(texts_before)))
+    assert set(new_texts["doc_id"]) == {doc_id(c) for c in CHANGES}
+    assert result["vectors"]["embedded"] == new_texts["text_sha256"].n_unique()
+    assert result["vectors"]["embedded"] <= 12
+    fresh = read_vector_rows(open_vectors(settings), ["doc_id", "embedded_at"]).filter(
+        pl.col("embedded_at") > switched_at
+    )
+    assert fresh.height == new_texts.height
+    assert reconcile(settings, embedder.model_id) == dict.fromkeys(
+        ("missing", "stale", "orphaned", "duplicates", "model_mismatch"), 0
+    )
+
+    after = search_many(settings, embedder, [c["question"] for c in CHANGES], k=5)
+    stored = "\n".join(read_vector_rows(open_vectors(settings), ["text"])["text"])
+    for change, answer in zip(CHANGES, after, strict=True):
+        served = [h.text for h in answer.hits]
+        assert any(change["evidence_after"] in t for t in served), change["change_id"]
+        assert not any(change["evidence_before"] in t for t in served), change["change_id"]
+        assert change["evidence_before"] not in stored
+        changed_hits = [h for h in answer.hits if h.doc_id == doc_id(change)]
+        assert changed_hits and all(h.doc_version == 2 for h in changed_hits)
