@@ -5,32 +5,38 @@ import dagster as dg
 from assets.metadata import table_metadata
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.config import Settings
+from ragfresh.chunks import chunking_id, refresh_chunks, unchunked_documents
+from ragfresh.documents import read_documents
 from ragfresh.tables import POLICY_CHUNKS
-
-_settings = Settings.load()
 
 
 @dg.asset(
     name=POLICY_CHUNKS.name,
     deps=["policy_documents"],
     group_name="indexing",
-    owners=["team:data-platform"],
+    owners=[POLICY_CHUNKS.owner],
     kinds={"deltalake", "polars"},
     tags={"pii": "redacted", "layer": "silver"},
-    metadata=table_metadata(POLICY_CHUNKS, _settings.table_uri(POLICY_CHUNKS.name)),
+    metadata=table_metadata(POLICY_CHUNKS),
     automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "chunks_current",
+            asset=POLICY_CHUNKS.name,
+            blocking=True,
+            description="Every current document version is chunked under the current "
+            "chunking and PII configuration.",
+        )
+    ],
 )
 def policy_chunks(
     context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
-) -> dg.MaterializeResult:
+):
     """Re-chunk only documents with a new version, token-aware, with offsets; PII redacted."""
-    result = refresh_chunks(
-        ragfresh.settings(), Chunker.for_model(embedder.embedder()), run_id=context.run.run_id
-    )
+    settings, chunker = ragfresh.settings(), Chunker.for_model(embedder.embedder())
+    result = refresh_chunks(settings, chunker, run_id=context.run.run_id)
     context.log.info("policy_chunks: %s", result)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "documents_rechunked": result.documents_rechunked,
             "documents_removed": result.documents_removed,
@@ -38,7 +44,15 @@ def policy_chunks(
             "updated": result.updated,
             "deleted": result.deleted,
             "blocked": result.blocked,
+            "largest_chunk_tokens": result.largest_chunk_tokens,
+            "failed": dg.MetadataValue.json([{"doc_id": d, "reason": r} for d, r in result.failed]),
             "dagster/row_count": result.total_chunks,
-            "max_tokens_written": result.max_tokens,
+            "dagster/uri": settings.table_uri(POLICY_CHUNKS.name),
         }
+    )
+    behind = unchunked_documents(settings, read_documents(settings), chunking_id(settings, chunker))
+    yield dg.AssetCheckResult(
+        check_name="chunks_current",
+        passed=behind.is_empty(),
+        metadata={"documents_not_chunked": dg.MetadataValue.json(behind["doc_id"].to_list())},
     )

@@ -5,13 +5,10 @@ import polars as pl
 
 from assets.metadata import markdown_table, table_metadata
 from orchestration.resources import RagfreshResource
-from ragfresh.config import Settings
 from ragfresh.documents import ingest_documents
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 GROUP = "ingestion"
-OWNERS = ["team:data-platform"]
-_settings = Settings.load()
 
 
 @dg.multi_asset(
@@ -20,25 +17,26 @@ _settings = Settings.load()
             POLICY_DOCUMENTS.name,
             description=POLICY_DOCUMENTS.description,
             group_name=GROUP,
-            owners=OWNERS,
+            owners=[POLICY_DOCUMENTS.owner],
             kinds={"deltalake", "polars"},
             tags={"pii": "contains", "layer": "bronze"},
-            metadata=table_metadata(POLICY_DOCUMENTS, _settings.table_uri(POLICY_DOCUMENTS.name)),
+            metadata=table_metadata(POLICY_DOCUMENTS),
         ),
         dg.AssetSpec(
             INGEST_ERRORS.name,
             description=INGEST_ERRORS.description,
             group_name=GROUP,
-            owners=OWNERS,
+            owners=[INGEST_ERRORS.owner],
             kinds={"deltalake", "polars"},
             tags={"pii": "none", "layer": "bronze"},
-            metadata=table_metadata(INGEST_ERRORS, _settings.table_uri(INGEST_ERRORS.name)),
+            metadata=table_metadata(INGEST_ERRORS),
         ),
     ],
 )
 def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
     """Scan, parse, hash, detect PII and resolve owners; write only what changed."""
-    result = ingest_documents(ragfresh.settings(), run_id=context.run.run_id)
+    settings = ragfresh.settings()
+    result = ingest_documents(settings, run_id=context.run.run_id)
     changes = result.new_versions.select(
         "doc_id",
         "change",
@@ -52,6 +50,7 @@ def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResour
         asset_key=POLICY_DOCUMENTS.name,
         metadata={
             **result.counts(),
+            "dagster/uri": settings.table_uri(POLICY_DOCUMENTS.name),
             "table_version": result.table_version,
             "pii_found": int(changes["pii_found"].sum()),
             "changes": markdown_table(changes),
@@ -61,6 +60,7 @@ def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResour
         asset_key=INGEST_ERRORS.name,
         metadata={
             "quarantined": result.quarantined,
+            "dagster/uri": settings.table_uri(INGEST_ERRORS.name),
             "files": dg.MetadataValue.json(result.errors.select("path", "reason").to_dicts()),
         },
     )

@@ -10,8 +10,9 @@ import polars as pl
 from ragfresh.tables import TableDef
 
 
-def table_metadata(table: TableDef, uri: str) -> dict[str, Any]:
-    """Definition metadata of a table asset: its location and column schema with PII tags."""
+def table_metadata(table: TableDef) -> dict[str, Any]:
+    """Definition metadata of a table asset: its column schema with PII tags and its key.
+    (Its location depends on the run's resource, so materializations report `dagster/uri`.)"""
     columns = [
         dg.TableColumn(
             name=f.name,
@@ -22,7 +23,6 @@ def table_metadata(table: TableDef, uri: str) -> dict[str, Any]:
         for f in table.schema
     ]
     return {
-        "dagster/uri": uri,
         "dagster/column_schema": dg.TableSchema(columns=columns),
         "primary_key": ", ".join(table.key),
     }

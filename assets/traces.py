@@ -3,7 +3,6 @@
 import dagster as dg
 
 from assets.metadata import table_metadata
-from ragfresh.config import Settings
 from ragfresh.tables import RETRIEVAL_TRACES
 
 retrieval_traces = dg.AssetSpec(
@@ -11,8 +10,8 @@ retrieval_traces = dg.AssetSpec(
     deps=["policy_vectors"],
     description=RETRIEVAL_TRACES.description + " Written by `ragfresh search` and `search()`.",
     group_name="serving",
-    owners=["team:data-platform"],
+    owners=[RETRIEVAL_TRACES.owner],
     kinds={"deltalake"},
     tags={"pii": "contains", "layer": "audit"},
-    metadata=table_metadata(RETRIEVAL_TRACES, Settings.load().table_uri(RETRIEVAL_TRACES.name)),
+    metadata=table_metadata(RETRIEVAL_TRACES),
 )

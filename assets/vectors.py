@@ -3,20 +3,17 @@
 import dagster as dg
 
 from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.config import Settings
+from ragfresh.tables import POLICY_CHUNKS
 from ragfresh.vectors import VECTORS, reconcile, sync_vectors
-
-_settings = Settings.load()
 
 
 @dg.asset(
     name=VECTORS,
     deps=["policy_chunks"],
     group_name="indexing",
-    owners=["team:data-platform"],
+    owners=[POLICY_CHUNKS.owner],
     kinds={"lancedb", "pytorch"},
     tags={"pii": "redacted", "layer": "gold"},
-    metadata={"dagster/uri": _settings.vectors_uri},
     pool="lancedb_writer",
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[
@@ -34,7 +31,7 @@ def policy_vectors(
 ):
     """Embed only (text, model) pairs not yet embedded; delete what left; keep indexes fresh."""
     settings, model = ragfresh.settings(), embedder.embedder()
-    result = sync_vectors(settings, model, run_id=context.run.run_id)
+    result = sync_vectors(settings, model)
     context.log.info("policy_vectors: %s", result)
     yield dg.MaterializeResult(
         metadata={
@@ -46,6 +43,7 @@ def policy_vectors(
             "model_id": result.model_id,
             "model_changed": result.model_changed,
             "dagster/row_count": result.rows,
+            "dagster/uri": settings.vectors_uri,
         }
     )
     counts = reconcile(settings, model.model_id)

@@ -67,15 +67,18 @@ class Chunker:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids)
 
-    def pieces(self, text: str, capacity: int) -> list[tuple[int, str]]:
-        """(offset, text) pieces; one still over the limit is split again with less capacity."""
+    def pieces(self, text: str, capacity: int) -> list[tuple[int, str, int]]:
+        """(offset, text, tokens) pieces; one over the limit is split again with less capacity."""
+        if capacity < 16:
+            raise ValueError(f"cannot fit text into {self.max_tokens} tokens: {text[:60]!r}")
         splitter = MarkdownSplitter.from_huggingface_tokenizer(self.tokenizer, capacity)
-        pieces: list[tuple[int, str]] = []
+        pieces: list[tuple[int, str, int]] = []
         for start, piece in splitter.chunk_indices(text):
-            if self.count_tokens(piece) <= self.max_tokens:
-                pieces.append((start, piece))
+            tokens = self.count_tokens(piece)
+            if tokens <= self.max_tokens:
+                pieces.append((start, piece, tokens))
             else:
-                pieces += [(start + o, p) for o, p in self.pieces(piece, capacity - 8)]
+                pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, capacity - 8)]
         return pieces
 
     def chunk(self, doc_id: str, text: str, spans: list[PiiSpan], pii_action: str) -> list[Chunk]:
@@ -84,7 +87,7 @@ class Chunker:
         positions, paths = _heading_paths(working)
         seen: Counter[str] = Counter()
         chunks = []
-        for index, (start, piece) in enumerate(self.pieces(working, self.capacity)):
+        for index, (start, piece, tokens) in enumerate(self.pieces(working, self.capacity)):
             end = start + len(piece)
             char_start = to_original_offset(start, replacements)
             char_end = to_original_offset(end, replacements)
@@ -101,7 +104,7 @@ class Chunker:
                     char_start=char_start,
                     char_end=char_end,
                     text=None if action == "blocked" else piece,
-                    token_count=self.count_tokens(piece),
+                    token_count=tokens,
                     pii_types=sorted({s.entity_type for s in inside}),
                     pii_action=action,
                 )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
@@ -13,6 +14,7 @@ from ragfresh.chunking import Chunker
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
 from ragfresh.pii import PiiSpan
+from ragfresh.sql import in_list
 from ragfresh.tables import POLICY_CHUNKS, empty_frame
 
 log = logging.getLogger(__name__)
@@ -27,48 +29,73 @@ class ChunkResult:
     deleted: int
     blocked: int
     total_chunks: int
-    max_tokens: int
+    largest_chunk_tokens: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def sql_list(values: list[str]) -> str:
-    """A SQL `IN` list of string literals, quotes escaped."""
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+def chunking_id(settings: Settings, chunker: Chunker) -> str:
+    """The chunker and the PII rules together: a change to either re-chunks every document."""
+    rules = hashlib.sha256(json.dumps(settings.pii_rules, sort_keys=True).encode()).hexdigest()
+    return f"{chunker.chunker_id}/pii-{rules[:8]}"
 
 
-def read_chunks(settings: Settings, columns: list[str] | None = None) -> pl.DataFrame:
+def read_chunks(
+    settings: Settings, columns: list[str] | None = None, where: pl.Expr | None = None
+) -> pl.DataFrame:
     return delta_store.read_table(
-        settings.table_uri(POLICY_CHUNKS.name), POLICY_CHUNKS.schema, columns
+        settings.table_uri(POLICY_CHUNKS.name), POLICY_CHUNKS.schema, columns, where
     )
 
 
+def unchunked_documents(
+    settings: Settings, documents: pl.DataFrame, config_id: str
+) -> pl.DataFrame:
+    """Current documents whose current version has no chunks under this configuration."""
+    done = read_chunks(settings, ["doc_id", "doc_version", "chunker_id"]).unique()
+    done = done.filter(pl.col("chunker_id") == config_id)
+    return documents.join(done, on=["doc_id", "doc_version"], how="anti")
+
+
+def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str) -> list:
+    spans = [PiiSpan(**s) for s in doc["pii_spans"]]
+    action = settings.pii_action(doc["classification"])
+    return [
+        {
+            **asdict(c),
+            "doc_id": doc["doc_id"],
+            "doc_version": doc["doc_version"],
+            "text_sha256": hashlib.sha256(c.text.encode()).hexdigest() if c.text else None,
+            "owners": doc["owners"],
+            "classification": doc["classification"],
+            "chunker_id": config_id,
+            "run_id": run_id,
+        }
+        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action)
+    ]
+
+
 def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
-    """Re-chunk documents whose version or chunking changed; drop chunks of removed documents."""
+    """Re-chunk documents whose version or chunking changed; drop chunks of removed documents.
+    A document that fails to chunk keeps its previous chunks and is reported; the rest go on."""
+    config_id = chunking_id(settings, chunker)
     documents = read_documents(settings)
-    existing = read_chunks(settings, ["doc_id", "doc_version", "chunker_id"]).unique()
-    up_to_date = existing.filter(pl.col("chunker_id") == chunker.chunker_id)
-    stale = documents.join(up_to_date, on=["doc_id", "doc_version"], how="anti")
-    removed = sorted(set(existing["doc_id"]) - set(documents["doc_id"]))
-    rows = []
+    stale = unchunked_documents(settings, documents, config_id)
+    chunked = set(read_chunks(settings, ["doc_id"])["doc_id"])
+    removed = sorted(chunked - set(documents["doc_id"]))
+    rows: list[dict] = []
+    done: list[str] = []
+    failed: list[tuple[str, str]] = []
     for number, doc in enumerate(stale.iter_rows(named=True), start=1):
-        spans = [PiiSpan(**s) for s in doc["pii_spans"]]
-        action = settings.pii_action(doc["classification"])
-        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action):
-            rows.append(
-                {
-                    **asdict(c),
-                    "doc_id": doc["doc_id"],
-                    "doc_version": doc["doc_version"],
-                    "text_sha256": hashlib.sha256(c.text.encode()).hexdigest() if c.text else None,
-                    "owners": doc["owners"],
-                    "classification": doc["classification"],
-                    "chunker_id": chunker.chunker_id,
-                    "run_id": run_id,
-                }
-            )
+        try:
+            rows += _rows(settings, chunker, doc, config_id, run_id)
+            done.append(doc["doc_id"])
+        except Exception as exc:  # one document's failure must not stop the others
+            failed.append((doc["doc_id"], f"{type(exc).__name__}: {exc}"))
+            log.error("could not chunk %s: %s", doc["doc_id"], exc)
         if number % 50 == 0:
             log.info("chunked %d/%d documents", number, stale.height)
     new_chunks = pl.DataFrame(rows, schema=empty_frame(POLICY_CHUNKS).schema)
-    touched = sorted(set(stale["doc_id"]) | set(removed))
+    touched = sorted(set(done) | set(removed))
     metrics = {}
     if touched:
         metrics = delta_store.merge(
@@ -79,16 +106,17 @@ def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkRe
             lambda m: (
                 m.when_matched_update_all()
                 .when_not_matched_insert_all()
-                .when_not_matched_by_source_delete(predicate=f"t.doc_id IN ({sql_list(touched)})")
+                .when_not_matched_by_source_delete(predicate=f"t.doc_id IN ({in_list(touched)})")
             ),
         )
     return ChunkResult(
-        documents_rechunked=stale.height,
+        documents_rechunked=len(done),
         documents_removed=len(removed),
         inserted=metrics.get("num_target_rows_inserted", 0),
         updated=metrics.get("num_target_rows_updated", 0),
         deleted=metrics.get("num_target_rows_deleted", 0),
         blocked=int((new_chunks["pii_action"] == "blocked").sum()),
         total_chunks=read_chunks(settings, ["chunk_id"]).height,
-        max_tokens=int(new_chunks["token_count"].max() or 0),
+        largest_chunk_tokens=int(new_chunks["token_count"].max() or 0),
+        failed=failed,
     )

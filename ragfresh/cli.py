@@ -7,11 +7,13 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
-from ragfresh.search import IndexNotBuiltError, search_many
+from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
+from ragfresh.search import search_many
 from ragfresh.status import index_status
 from ragfresh.traces import explain_trace
 
@@ -24,6 +26,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     # The orchestration layer imports dagster; the core never does, so it is loaded only here.
     from orchestration.runner import run_refresh
 
+    if not settings.policies.is_dir():  # say so before a Dagster run fails on it
+        raise PoliciesNotFoundError(f"policies folder not found: {settings.policies}")
     materialized = run_refresh(settings)
     docs = materialized.get("policy_documents", {})
     chunks = materialized.get("policy_chunks", {})
@@ -64,7 +68,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         with open(args.questions, encoding="utf-8") as handle:
             questions += [line.strip() for line in handle if line.strip()]
     if not questions:
-        raise ValueError("give a QUESTION or --questions FILE")
+        raise ConfigError("give a QUESTION or --questions FILE")
     results = search_many(settings, Embedder(), questions, k=args.k, caller=args.caller)
     for result in results:
         if args.json:
@@ -103,7 +107,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         for key, value in status.items():
             print(f"{key}: {value}")
-    return 0 if not any(status["reconciliation"].values()) else 1
+    healthy = not status["documents_not_chunked"] and not any(status["reconciliation"].values())
+    return 0 if healthy else 1
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,8 +117,10 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     prepare_instance(settings)
     os.environ["RAGFRESH_HOME"] = str(settings.home)
     os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
+    workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     print(f"Dagster UI for {settings.policies}, instance {settings.dagster_home}", file=sys.stderr)
-    os.execvp("dagster", ["dagster", "dev", "-w", "workspace.yaml", *args.dagster_args])
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *args.dagster_args]
+    os.execv(sys.executable, command)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    settings = Settings.load(home=args.home, policies=args.policies)
     try:
+        settings = Settings.load(home=args.home, policies=args.policies)
         return args.handler(settings, args)
-    except (FileNotFoundError, ValueError, LookupError, IndexNotBuiltError) as exc:
+    except RagfreshError as exc:
         print(f"ragfresh: error: {exc}", file=sys.stderr)
         return 2
 

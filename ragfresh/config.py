@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ragfresh.errors import ConfigError
+
 CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
 PII_ACTIONS = ("redact", "block", "allow")
 
@@ -16,12 +18,23 @@ def _parse_pii_rules(spec: str) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in spec.split(","))):
         classification, _, action = item.partition("=")
         if classification not in CLASSIFICATIONS or action not in PII_ACTIONS:
-            raise ValueError(
-                f"invalid PII rule {item!r}: expected <classification>=<action> with "
-                f"classification in {CLASSIFICATIONS} and action in {PII_ACTIONS}"
+            raise ConfigError(
+                f"invalid RAGFRESH_PII_RULES item {item!r}: expected <classification>=<action>, "
+                f"classification one of {CLASSIFICATIONS}, action one of {PII_ACTIONS}"
             )
         rules[classification] = action
     return rules
+
+
+def _int_setting(name: str, default: int, minimum: int, why: str) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} is below {minimum}: {why}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,10 @@ class Settings:
             lake_uri=env.get("RAGFRESH_LAKE_URI") or (home_path / "lake").as_uri(),
             vectors_uri=env.get("RAGFRESH_VECTORS_URI") or str(home_path / "vectors"),
             pii_rules=_parse_pii_rules(env.get("RAGFRESH_PII_RULES", "")),
-            vector_index_min_rows=int(env.get("RAGFRESH_VECTOR_INDEX_MIN_ROWS", "10000")),
-            version_retention_days=int(env.get("RAGFRESH_VERSION_RETENTION_DAYS", "90")),
+            vector_index_min_rows=_int_setting(
+                "RAGFRESH_VECTOR_INDEX_MIN_ROWS", 10_000, 256, "IVF_PQ trains from 256 rows"
+            ),
+            version_retention_days=_int_setting(
+                "RAGFRESH_VERSION_RETENTION_DAYS", 90, 1, "traces replay old index versions"
+            ),
         )

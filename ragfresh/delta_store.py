@@ -17,6 +17,7 @@ from ragfresh.tables import TableDef
 log = logging.getLogger(__name__)
 
 COMMIT_RETRIES = 5
+COMPACT_EVERY = 100  # appends (one per search) leave small files: compact every N versions
 
 
 def commit_properties(run_id: str, operation: str) -> CommitProperties:
@@ -34,34 +35,42 @@ def open_table(uri: str) -> DeltaTable | None:
 
 
 def ensure_table(table: TableDef, uri: str, run_id: str) -> DeltaTable:
-    """Open the table, creating it governed (CDF, owner, description, column tags) if absent."""
-    existing = open_table(uri)
-    if existing is not None:
-        return existing
-    created = DeltaTable.create(
-        uri,
-        schema=table.schema,
-        mode="ignore",
-        name=table.name,
-        description=table.description,
-        configuration={"delta.enableChangeDataFeed": "true"},
-        commit_properties=commit_properties(run_id, "create"),
-    )
-    created.alter.set_table_properties(
-        {"ragfresh.owner": table.owner, "ragfresh.description": table.description},
-        raise_if_not_exists=False,
-        commit_properties=commit_properties(run_id, "govern"),
-    )
-    log.info("created Delta table %s at %s", table.name, uri)
-    return created
+    """Open the table, creating it governed (CDF, owner, description, column tags) if absent;
+    governance properties a killed creation left unset are set now."""
+    delta = open_table(uri)
+    if delta is None:
+        delta = DeltaTable.create(
+            uri,
+            schema=table.schema,
+            mode="ignore",
+            name=table.name,
+            description=table.description,
+            configuration={"delta.enableChangeDataFeed": "true"},
+            commit_properties=commit_properties(run_id, "create"),
+        )
+        log.info("created Delta table %s at %s", table.name, uri)
+    wanted = {"ragfresh.owner": table.owner, "ragfresh.description": table.description}
+    present = delta.metadata().configuration
+    if any(present.get(k) != v for k, v in wanted.items()):
+        delta.alter.set_table_properties(
+            wanted,
+            raise_if_not_exists=False,
+            commit_properties=commit_properties(run_id, "govern"),
+        )
+    return delta
 
 
-def read_table(uri: str, schema: pa.Schema, columns: list[str] | None = None) -> pl.DataFrame:
-    """The table as polars, or an empty frame of its schema when it does not exist yet."""
+def read_table(
+    uri: str, schema: pa.Schema, columns: list[str] | None = None, where: pl.Expr | None = None
+) -> pl.DataFrame:
+    """Rows (filtered and projected in the scan) as polars; empty with the schema if no table."""
     if open_table(uri) is None:
-        empty = pl.from_arrow(schema.empty_table())
-        return empty.select(columns) if columns else empty
-    return pl.read_delta(uri, columns=columns)
+        frame = pl.from_arrow(schema.empty_table()).lazy()
+    else:
+        frame = pl.scan_delta(uri)
+    if where is not None:
+        frame = frame.filter(where)
+    return (frame.select(columns) if columns else frame).collect()
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -100,11 +109,13 @@ def merge(
 
 
 def append(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
-    """Append rows in one commit."""
-    ensure_table(table, uri, run_id)
+    """Append rows in one commit; compact the small files appends leave, now and then."""
+    delta = ensure_table(table, uri, run_id)
     write_deltalake(
-        uri,
+        delta,
         _arrow(rows, table.schema),
         mode="append",
         commit_properties=commit_properties(run_id, "append"),
     )
+    if delta.version() % COMPACT_EVERY == 0:
+        delta.optimize.compact(commit_properties=commit_properties(run_id, "compact"))

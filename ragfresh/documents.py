@@ -13,13 +13,18 @@ import polars as pl
 
 from ragfresh import delta_store
 from ragfresh.config import Settings
-from ragfresh.governance import Governance, load_owner_rules, resolve_governance
+from ragfresh.errors import RagfreshError
+from ragfresh.governance import OwnerRule, load_owner_rules, resolve_governance
 from ragfresh.parsing import ParseError, parse_document, read_front_matter
-from ragfresh.pii import detect_pii
+from ragfresh.pii import PiiSpan, detect_pii, detector_id
 from ragfresh.sources import OWNERS_FILE, SourceFile, scan_sources, sha256_bytes
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
 log = logging.getLogger(__name__)
+
+
+class EmptyPoliciesError(RagfreshError):
+    """The policies folder is empty while the table still has live documents."""
 
 
 @dataclass(frozen=True)
@@ -45,105 +50,119 @@ class IngestResult:
         }
 
 
+def read_latest(settings: Settings) -> pl.DataFrame:
+    """The latest row of every document ever seen, tombstones included."""
+    return delta_store.read_table(
+        settings.table_uri(POLICY_DOCUMENTS.name),
+        POLICY_DOCUMENTS.schema,
+        where=pl.col("is_current"),
+    )
+
+
 def read_documents(settings: Settings, current_only: bool = True) -> pl.DataFrame:
     """Rows of `policy_documents`: by default the current version of each live document."""
-    frame = delta_store.read_table(
-        settings.table_uri(POLICY_DOCUMENTS.name), POLICY_DOCUMENTS.schema
+    where = (pl.col("is_current") & ~pl.col("is_deleted")) if current_only else None
+    return delta_store.read_table(
+        settings.table_uri(POLICY_DOCUMENTS.name), POLICY_DOCUMENTS.schema, where=where
     )
-    if current_only:
-        frame = frame.filter(pl.col("is_current") & ~pl.col("is_deleted"))
-    return frame
 
 
-def _version_row(
-    source: SourceFile, previous: dict[str, Any] | None, change: str, run_id: str, now: datetime
-) -> dict[str, Any]:
-    return {
-        "doc_id": source.doc_id,
-        "doc_version": (previous["doc_version"] + 1) if previous else 1,
-        "is_current": True,
-        "is_deleted": False,
-        "change": change,
-        "source_path": str(source.path),
-        "size_bytes": source.size_bytes,
-        "modified_at": source.modified_at,
-        "ingested_at": now,
-        "run_id": run_id,
-    }
+def _spans(spans: list[PiiSpan]) -> list[dict[str, Any]]:
+    return [{"entity_type": s.entity_type, "start": s.start, "end": s.end} for s in spans]
 
 
-def _governance_fields(gov: Governance) -> dict[str, Any]:
-    return {"owners": list(gov.owners), "classification": gov.classification}
-
-
-def _ingest_new_content(source: SourceFile, rules: list) -> dict[str, Any]:
+def _new_content(source: SourceFile, rules: list[OwnerRule]) -> dict[str, Any]:
+    """Parse, govern and scan a file whose bytes are new."""
     data = source.path.read_bytes()
     parsed = parse_document(source.doc_id, data)
     gov = resolve_governance(source.doc_id, parsed.front_matter, rules)
-    spans = detect_pii(parsed.text)
     return {
         "content_sha256": sha256_bytes(data),
         "title": parsed.title,
         "format": parsed.format,
         "text": parsed.text,
-        "pii_spans": [
-            {"entity_type": s.entity_type, "start": s.start, "end": s.end} for s in spans
-        ],
-        **_governance_fields(gov),
+        "pii_spans": _spans(detect_pii(parsed.text)),
+        "owners": list(gov.owners),
+        "classification": gov.classification,
     }
+
+
+def _same_content(
+    source: SourceFile, live: dict[str, Any], rules: list[OwnerRule] | None, detector: str
+) -> tuple[str, dict[str, Any]] | None:
+    """For unchanged bytes: a new version only if governance or the PII detector changed.
+    `rules` is None while the OWNERS file has errors: governance then stays as it was."""
+    content = {k: live[k] for k in ("content_sha256", "title", "format", "text", "pii_spans")}
+    content |= {"owners": live["owners"], "classification": live["classification"]}
+    change = None
+    if rules is not None:
+        front_matter = read_front_matter(source.doc_id, source.path.read_bytes())
+        gov = resolve_governance(source.doc_id, front_matter, rules)
+        if (tuple(live["owners"]), live["classification"]) != (gov.owners, gov.classification):
+            content |= {"owners": list(gov.owners), "classification": gov.classification}
+            change = "governance"
+    if live["pii_detector"] != detector:
+        content["pii_spans"] = _spans(detect_pii(live["text"]))
+        change = change or "rescanned"
+    return (change, content) if change else None
 
 
 def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
     """Bring `policy_documents` in line with the policies folder in one merge commit."""
     now = datetime.now(tz=UTC)
     rules, rule_errors = load_owner_rules(settings.policies / OWNERS_FILE)
-    files, errors = scan_sources(settings.policies)
-    errors = [(OWNERS_FILE, None, f"OWNERS {e}") for e in rule_errors] + [
-        (path, None, reason) for path, reason in errors
-    ]
-    latest = {
-        row["doc_id"]: row
-        for row in delta_store.read_table(
-            settings.table_uri(POLICY_DOCUMENTS.name), POLICY_DOCUMENTS.schema
+    files, scan_errors = scan_sources(settings.policies)
+    errors = [(OWNERS_FILE, None, f"OWNERS {e}") for e in rule_errors]
+    errors += [(path, None, reason) for path, reason in scan_errors]
+    latest = {row["doc_id"]: row for row in read_latest(settings).iter_rows(named=True)}
+    live_count = sum(not row["is_deleted"] for row in latest.values())
+    if not files and not scan_errors and live_count:
+        raise EmptyPoliciesError(
+            f"{settings.policies} has no files; refusing to tombstone all {live_count} "
+            "documents (an unmounted or wrong folder?). Remove the documents one by one instead."
         )
-        .filter(pl.col("is_current"))
-        .iter_rows(named=True)
-    }
+    detector = detector_id()
     new_rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
-    seen: set[str] = set()
     for number, source in enumerate(files, start=1):
-        if number % 200 == 0:
+        if number % 100 == 0:
             log.info("ingest: %d/%d files", number, len(files))
-        seen.add(source.doc_id)
         previous = latest.get(source.doc_id)
         live = previous if previous and not previous["is_deleted"] else None
         try:
             if live and live["content_sha256"] == source.sha256:
-                front_matter = read_front_matter(source.doc_id, source.path.read_bytes())
-                gov = resolve_governance(source.doc_id, front_matter, rules)
-                if (tuple(live["owners"]), live["classification"]) == (
-                    gov.owners,
-                    gov.classification,
-                ):
+                update = _same_content(source, live, None if rule_errors else rules, detector)
+                if update is None:
                     counts["unchanged"] += 1
                     continue
-                content = {k: live[k] for k in ("content_sha256", "title", "format", "text")}
-                content |= {"pii_spans": live["pii_spans"], **_governance_fields(gov)}
-                change = "governance"
+                change, content = update
             else:
-                content = _ingest_new_content(source, rules)
-                change = "changed" if live else "added"
-        except (ParseError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, ParseError) else f"unreadable: {exc}"
+                change, content = ("changed" if live else "added"), _new_content(source, rules)
+        except Exception as exc:  # one bad file is recorded and skipped, never fatal
+            reason = str(exc) if isinstance(exc, ParseError) else f"{type(exc).__name__}: {exc}"
             errors.append((source.doc_id, source.sha256, reason))
             log.warning("quarantined %s: %s", source.doc_id, reason)
             continue
         counts["added" if change == "added" else "changed"] += 1
-        new_rows.append(_version_row(source, previous, change, run_id, now) | content)
-    quarantined_ids = {path for path, _, _ in errors}
+        new_rows.append(
+            {
+                "doc_id": source.doc_id,
+                "doc_version": previous["doc_version"] + 1 if previous else 1,
+                "is_current": True,
+                "is_deleted": False,
+                "change": change,
+                "source_path": str(source.path),
+                "size_bytes": source.size_bytes,
+                "modified_at": source.modified_at,
+                "ingested_at": now,
+                "pii_detector": detector,
+                "run_id": run_id,
+                **content,
+            }
+        )
+    present = {f.doc_id for f in files} | {path for path, _, _ in errors}
     for doc_id, previous in latest.items():
-        if doc_id in seen or doc_id in quarantined_ids or previous["is_deleted"]:
+        if doc_id in present or previous["is_deleted"]:
             continue
         counts["deleted"] += 1
         new_rows.append(
@@ -168,7 +187,7 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
         changed=counts["changed"],
         deleted=counts["deleted"],
         unchanged=counts["unchanged"],
-        quarantined=len(quarantined_ids),
+        quarantined=len({path for path, _, _ in errors} - {OWNERS_FILE}),
         new_versions=new_versions,
         errors=error_frame,
         table_version=table_version,

@@ -77,8 +77,13 @@ def parse_owner_rules(text: str) -> tuple[list[OwnerRule], list[str]]:
 
 
 def load_owner_rules(path: Path) -> tuple[list[OwnerRule], list[str]]:
-    """Rules from an OWNERS file, or none when the file is absent."""
-    return parse_owner_rules(path.read_text(encoding="utf-8")) if path.is_file() else ([], [])
+    """Rules from an OWNERS file (none when absent); an unreadable file is one error."""
+    if not path.exists():
+        return [], []
+    try:
+        return parse_owner_rules(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return [], [f"unreadable: {exc}"]
 
 
 def resolve_governance(

@@ -9,9 +9,13 @@ from functools import cache
 
 log = logging.getLogger(__name__)
 
-PII_ENTITIES = ("EMAIL_ADDRESS", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER")
 NER_ENTITIES = ("PERSON",)
 NER_MODEL = "en_core_web_sm"
+PHONE_REGIONS = ("US", "GB")
+# Presidio's confidence floor: bare 9-digit SSN-like patterns score 0.05 and need context words
+# ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
+SCORE_THRESHOLD = 0.3
+RECOGNIZERS_VERSION = "1"
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,24 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
 
     has_ner = spacy.util.is_package(NER_MODEL)
 
+    @spacy.Language.component("ragfresh_lowercase_lemmas")
+    def lowercase_lemmas(doc):
+        """Presidio matches context words ("SSN", "card") on lemmas; a blank pipeline has none."""
+        for token in doc:
+            token.lemma_ = token.lower_
+        return doc
+
     class OfflineSpacyEngine(SpacyNlpEngine):
         """Never downloads: the installed NER model, or a blank tokenizer-only pipeline."""
 
         def load(self) -> None:
-            self.nlp = {"en": spacy.load(NER_MODEL) if has_ner else spacy.blank("en")}
+            if has_ner:
+                nlp = spacy.load(NER_MODEL)
+            else:
+                nlp = spacy.blank("en")
+                nlp.add_pipe("ragfresh_lowercase_lemmas")
+            nlp.max_length = 50_000_000  # long policies are fine: no parser runs on them
+            self.nlp = {"en": nlp}
 
     engine = OfflineSpacyEngine(models=[{"lang_code": "en", "model_name": NER_MODEL}])
     engine.load()
@@ -60,7 +77,7 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
         CreditCardRecognizer(),
         IbanRecognizer(),
         UsSsnRecognizer(),
-        PhoneRecognizer(),
+        PhoneRecognizer(supported_regions=PHONE_REGIONS),
     ]
     if has_ner:
         recognizers.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
@@ -70,9 +87,22 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
     return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
 
 
+def detector_id() -> str:
+    """Names the detector configuration: when it changes, stored documents are scanned again."""
+    from importlib.metadata import version
+
+    import spacy
+
+    presidio_version = version("presidio-analyzer")
+    ner = f"+{NER_MODEL}" if spacy.util.is_package(NER_MODEL) else ""
+    regions = "-".join(PHONE_REGIONS)
+    return f"presidio-{presidio_version}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}{ner}"
+
+
 def detect_pii(text: str) -> list[PiiSpan]:
-    """Non-overlapping PII spans in text order; where spans overlap the longer one wins."""
-    results = _analyzer().analyze(text=text, language="en")
+    """PII spans in text order; where two overlap, the one that starts first (then the longer)
+    is kept, so a placeholder never cuts another one in half."""
+    results = _analyzer().analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
     spans: list[PiiSpan] = []
     for r in sorted(results, key=lambda r: (r.start, -(r.end - r.start))):
         if spans and r.start < spans[-1].end:

@@ -17,5 +17,5 @@ def refresh(settings: Settings, embedder: Embedder, run_id: str) -> dict[str, An
     """Ingest, re-chunk and re-embed what changed; return each stage's counts."""
     documents = ingest_documents(settings, run_id)
     chunks = refresh_chunks(settings, Chunker.for_model(embedder), run_id)
-    vectors = sync_vectors(settings, embedder, run_id)
+    vectors = sync_vectors(settings, embedder)
     return {"documents": documents.counts(), "chunks": asdict(chunks), "vectors": asdict(vectors)}

@@ -13,12 +13,17 @@ import polars as pl
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+from ragfresh.errors import RagfreshError
 from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
-from ragfresh.vectors import open_vectors
+from ragfresh.vectors import open_vectors, read_vector_rows
 
 
-class IndexNotBuiltError(RuntimeError):
+class IndexNotBuiltError(RagfreshError):
     """Search before the first build: there is nothing to serve."""
+
+
+class ModelMismatchError(RagfreshError):
+    """The index was embedded by another model than the one asked to embed the question."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,12 @@ def search_many(
     if table is None:
         raise IndexNotBuiltError(f"no vector index under {settings.vectors_uri}: run a refresh")
     version = table.version
+    models = set(read_vector_rows(table, ["model_id"])["model_id"].unique())
+    if models - {embedder.model_id}:
+        raise ModelMismatchError(
+            f"index version {version} holds vectors of {sorted(models)}, not {embedder.model_id}: "
+            "refresh the index with this model first"
+        )
     embedder.load()
     results, traces = [], []
     for question in questions:
@@ -110,7 +121,10 @@ def search_many(
         )
     frame = pl.DataFrame(traces, schema=empty_frame(RETRIEVAL_TRACES).schema)
     delta_store.append(
-        RETRIEVAL_TRACES, settings.table_uri(RETRIEVAL_TRACES.name), frame, run_id=caller
+        RETRIEVAL_TRACES,
+        settings.table_uri(RETRIEVAL_TRACES.name),
+        frame,
+        run_id=f"search:{caller}",
     )
     return results
 

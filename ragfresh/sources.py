@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ragfresh.errors import PoliciesNotFoundError
+
 OWNERS_FILE = "OWNERS"
 
 
@@ -24,14 +26,22 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def scan_sources(root: Path) -> tuple[list[SourceFile], list[tuple[str, str]]]:
-    """Every non-hidden file below root except OWNERS, hashed; unreadable ones as (path, reason)."""
+    """Files below root, hashed; hidden paths (below the root) and the root OWNERS file are
+    skipped; what cannot be read comes back as (path, reason)."""
     if not root.is_dir():
-        raise FileNotFoundError(f"policies folder not found: {root}")
+        raise PoliciesNotFoundError(f"policies folder not found: {root}")
     files: list[SourceFile] = []
     errors: list[tuple[str, str]] = []
     for path in sorted(root.rglob("*")):
-        doc_id = path.relative_to(root).as_posix()
-        if path.is_dir() or doc_id == OWNERS_FILE or any(p.startswith(".") for p in path.parts):
+        relative = path.relative_to(root)
+        doc_id = relative.as_posix()
+        if path.is_dir() or doc_id == OWNERS_FILE or any(p.startswith(".") for p in relative.parts):
+            continue
+        if path.name == OWNERS_FILE:
+            errors.append((doc_id, "nested OWNERS files are not read: put rules in the root one"))
+            continue
+        if not path.is_file():
+            errors.append((doc_id, "not a regular file (broken link, pipe or device)"))
             continue
         try:
             stat = path.stat()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragfresh.chunks import read_chunks
+from ragfresh.chunking import Chunker
+from ragfresh.chunks import chunking_id, read_chunks, unchunked_documents
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
 from ragfresh.embedding import Embedder
@@ -12,16 +13,19 @@ from ragfresh.vectors import open_vectors, reconcile
 
 
 def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
-    """Counts of documents, chunks and vectors, the reconciliation counts, the index version."""
+    """Counts of documents, chunks and vectors, what lags behind, and the index version."""
     table = open_vectors(settings)
+    documents = read_documents(settings)
     chunks = read_chunks(settings, ["pii_action"])
+    config_id = chunking_id(settings, Chunker.for_model(embedder))
     return {
         "home": str(settings.home),
-        "documents": read_documents(settings).height,
+        "documents": documents.height,
         "chunks": chunks.height,
         "blocked_chunks": int((chunks["pii_action"] == "blocked").sum()),
         "vectors": table.count_rows() if table else 0,
         "index_version": table.version if table else None,
         "model_id": embedder.model_id,
+        "documents_not_chunked": unchunked_documents(settings, documents, config_id).height,
         "reconciliation": reconcile(settings, embedder.model_id),
     }

@@ -9,14 +9,15 @@ from typing import Any
 import polars as pl
 
 from ragfresh import delta_store
-from ragfresh.chunks import sql_list
 from ragfresh.config import Settings
-from ragfresh.documents import read_documents
+from ragfresh.documents import read_latest
+from ragfresh.errors import RagfreshError
+from ragfresh.sql import in_list
 from ragfresh.tables import RETRIEVAL_TRACES
 from ragfresh.vectors import open_vectors
 
 
-class TraceNotFoundError(LookupError):
+class TraceNotFoundError(RagfreshError, LookupError):
     """No trace with that id."""
 
 
@@ -34,8 +35,10 @@ class TraceReport:
 def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
     """The trace row plus, per hit, its text at that index version and its document's status."""
     traces = delta_store.read_table(
-        settings.table_uri(RETRIEVAL_TRACES.name), RETRIEVAL_TRACES.schema
-    ).filter(pl.col("trace_id") == trace_id)
+        settings.table_uri(RETRIEVAL_TRACES.name),
+        RETRIEVAL_TRACES.schema,
+        where=pl.col("trace_id") == trace_id,
+    )
     if traces.is_empty():
         raise TraceNotFoundError(f"no trace {trace_id!r} in {RETRIEVAL_TRACES.name}")
     trace = traces.row(0, named=True)
@@ -45,16 +48,10 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
     if table is not None and hits:
         served = table.to_lance().to_table(
             columns=["chunk_id", "text"],
-            filter=f"chunk_id IN ({sql_list([h['chunk_id'] for h in hits])})",
+            filter=f"chunk_id IN ({in_list([h['chunk_id'] for h in hits])})",
         )
         texts = dict(zip(served["chunk_id"].to_pylist(), served["text"].to_pylist(), strict=True))
-    latest = {
-        r["doc_id"]: r
-        for r in read_documents(settings, current_only=False)
-        .filter(pl.col("is_current"))
-        .select("doc_id", "doc_version", "is_deleted")
-        .iter_rows(named=True)
-    }
+    latest = {r["doc_id"]: r for r in read_latest(settings).iter_rows(named=True)}
     report = []
     for hit in hits:
         now = latest.get(hit["doc_id"])

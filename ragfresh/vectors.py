@@ -14,9 +14,10 @@ import pyarrow as pa
 from filelock import FileLock
 from lancedb.index import FTS, IvfPq
 
-from ragfresh.chunks import read_chunks, sql_list
+from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+from ragfresh.sql import in_list, literal
 from ragfresh.tables import POLICY_CHUNKS, TS
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 VECTORS = "policy_vectors"
 METADATA = ["chunk_id", "doc_id", "doc_version", "chunk_index", "heading", "char_start",
             "char_end", "owners", "classification", "text", "text_sha256"]  # fmt: skip
+COMPARED = [c for c in METADATA if c != "text"]  # text_sha256 stands for the text
 OPTIMIZE_FRAGMENTS = 16
 
 
@@ -67,7 +69,7 @@ def open_vectors(settings: Settings, version: int | None = None) -> lancedb.tabl
 def read_vector_rows(table: lancedb.table.Table | None, columns: list[str]) -> pl.DataFrame:
     """Columns of every row, without loading the vectors unless asked for."""
     if table is None:
-        return pl.DataFrame(schema={c: pl.String for c in columns})
+        return pl.from_arrow(vector_schema(1).empty_table()).select(columns)
     return pl.from_arrow(table.to_lance().to_table(columns=columns))
 
 
@@ -79,16 +81,14 @@ def _desired_rows(settings: Settings) -> pl.DataFrame:
 def _changed_rows(desired: pl.DataFrame, existing: pl.DataFrame, model_id: str) -> pl.DataFrame:
     """Desired rows that are missing, differ in metadata, or were embedded by another model."""
     current = existing.filter(pl.col("model_id") == model_id).unique("chunk_id", keep="first")
-    same = desired.join(current.select(METADATA), on=METADATA, how="semi", nulls_equal=True)
+    same = desired.join(current.select(COMPARED), on=COMPARED, how="semi", nulls_equal=True)
     return desired.join(same.select("chunk_id"), on="chunk_id", how="anti")
 
 
 def reconcile(settings: Settings, model_id: str) -> dict[str, int]:
     """Counts that must all be zero: vectors against current chunks and the current model."""
     desired = _desired_rows(settings)
-    existing = read_vector_rows(open_vectors(settings), [*METADATA, "model_id"])
-    if existing.is_empty():
-        existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
+    existing = read_vector_rows(open_vectors(settings), [*COMPARED, "model_id"])
     missing = desired.join(existing, on="chunk_id", how="anti").height
     changed = _changed_rows(desired, existing, model_id).height
     return {
@@ -109,26 +109,26 @@ def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, Embedd
         return {}
     found = table.to_lance().to_table(
         columns=["text_sha256", "vector", "embedded_at"],
-        filter=f"model_id = '{model_id}' AND text_sha256 IN ({sql_list(shas)})",
+        filter=f"model_id = {literal(model_id)} AND text_sha256 IN ({in_list(shas)})",
     )
     pairs = zip(found["vector"].to_numpy(), found["embedded_at"].to_pylist(), strict=True)
     return dict(zip(found["text_sha256"].to_pylist(), pairs, strict=True))
 
 
-def sync_vectors(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
+def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
     """Bring the vector table in line with current chunks, under the single-writer lock."""
     settings.locks.mkdir(parents=True, exist_ok=True)
     with FileLock(settings.locks / f"{VECTORS}.lock"):
-        return _sync(settings, embedder, run_id)
+        return _sync(settings, embedder)
 
 
-def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
+def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
     model_id = embedder.model_id
     table = open_vectors(settings)
+    if table is not None:
+        _ensure_indexes(settings, table)  # a run killed before indexing left them missing
     desired = _desired_rows(settings)
-    existing = read_vector_rows(table, ["chunk_id", "model_id", *METADATA[1:]])
-    if existing.is_empty():
-        existing = pl.DataFrame(schema=desired.schema | {"model_id": pl.String})
+    existing = read_vector_rows(table, [*COMPARED, "model_id"])
     duplicated = existing.filter(pl.col("chunk_id").is_duplicated())["chunk_id"].unique().to_list()
     upserts = pl.concat(
         [
@@ -144,7 +144,7 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
         version = table.version if table else None
         return SyncResult(0, 0, 0, existing.height, version, 0.0, model_id, False)
 
-    needed = upserts["text_sha256"].unique().to_list()
+    needed = [] if model_changed else upserts["text_sha256"].unique().to_list()
     vectors = _reusable_vectors(table, model_id, needed)
     to_embed = upserts.filter(~pl.col("text_sha256").is_in(list(vectors))).unique("text_sha256")
     started = time.perf_counter()
@@ -161,8 +161,9 @@ def _sync(settings: Settings, embedder: Embedder, run_id: str) -> SyncResult:
     embed_seconds = time.perf_counter() - started
 
     rows = _vector_rows(upserts, vectors, model_id, vector_schema(embedder.dimensions))
-    table = _write(settings, table, rows, gone, duplicated)
-    _maintain_indexes(settings, table)
+    table = _write(settings, None if model_changed else table, rows, gone, duplicated)
+    _ensure_indexes(settings, table)
+    _compact(settings, table)
     return SyncResult(
         embedded=to_embed.height,
         reused=upserts.height - to_embed.height,
@@ -196,33 +197,40 @@ def _write(
     gone: list[str],
     duplicated: list[str],
 ) -> lancedb.table.Table:
-    """One new table version for the refresh (plus one first if duplicates need repair)."""
+    """One new table version with all of the refresh's changes (plus one first if duplicates
+    need repair). Without a table, or after a model change, the rows replace the table whole:
+    a new version of the same table, so older versions stay readable for traces."""
     if table is None:
         db = lancedb.connect(settings.vectors_uri)
-        return db.create_table(VECTORS, data=rows, schema=rows.schema)
+        return db.create_table(VECTORS, data=rows, schema=rows.schema, mode="overwrite")
     if duplicated:
         log.warning("repairing %d duplicated chunk ids", len(duplicated))
-        table.delete(f"chunk_id IN ({sql_list(duplicated)})")
+        table.delete(f"chunk_id IN ({in_list(duplicated)})")
     if rows.num_rows == 0:
-        table.delete(f"chunk_id IN ({sql_list(gone)})")
+        if gone:
+            table.delete(f"chunk_id IN ({in_list(gone)})")
         return table
     merge = table.merge_insert("chunk_id").when_matched_update_all().when_not_matched_insert_all()
     if gone:
-        merge = merge.when_not_matched_by_source_delete(f"chunk_id IN ({sql_list(gone)})")
+        merge = merge.when_not_matched_by_source_delete(f"chunk_id IN ({in_list(gone)})")
     merge.execute(rows)
     return table
 
 
-def _maintain_indexes(settings: Settings, table: lancedb.table.Table) -> None:
-    """Full-text index from the first build; a vector index once the table is large enough;
-    compaction when fragments pile up. Unindexed rows stay searchable meanwhile."""
-    indices = {i.columns[0]: i for i in table.list_indices()}
-    rows = table.count_rows()
-    if "text" not in indices:
+def _ensure_indexes(settings: Settings, table: lancedb.table.Table) -> None:
+    """A full-text index always, a vector index once the table is large enough; rows not yet
+    indexed stay searchable. Writes only when an index is missing."""
+    indexed = {i.columns[0] for i in table.list_indices()}
+    if "text" not in indexed:
         table.create_index("text", config=FTS())
-    if "vector" not in indices and rows >= settings.vector_index_min_rows:
+    rows = table.count_rows()
+    if "vector" not in indexed and rows >= settings.vector_index_min_rows:
         log.info("building the IVF_PQ vector index over %d rows", rows)
         table.create_index("vector", config=IvfPq(distance_type="cosine"))
+
+
+def _compact(settings: Settings, table: lancedb.table.Table) -> None:
+    """Compact and fold new rows into the indexes once small fragments pile up."""
     fragments = table.stats()["fragment_stats"]["num_fragments"]
     if fragments >= OPTIMIZE_FRAGMENTS:
         log.info("optimizing %s: %d fragments", VECTORS, fragments)

@@ -47,12 +47,13 @@ def embedder() -> Embedder:
 class HashEmbedder(Embedder):
     """Deterministic vectors from text hashes, under another model id: for bookkeeping tests."""
 
-    def __init__(self, name: str = "hash-embedder") -> None:
+    def __init__(self, name: str = "hash-embedder", dimensions: int = 384) -> None:
         super().__init__(name=name)
+        self.dimensions = dimensions
 
     @property
     def model_id(self) -> str:
-        return f"{self.name}@test"
+        return f"{self.name}@{self.dimensions}"
 
     def encode(self, texts, batch_size=64, progress=None):
         seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]

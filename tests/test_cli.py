@@ -49,14 +49,14 @@ def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
         env={**os.environ, "RAGFRESH_HOME": str(settings.home)},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert done.returncode != 0
-    assert "policies folder not found" in done.stderr
+    assert done.returncode == 2
+    assert done.stderr.startswith("ragfresh: error: policies folder not found")
 
 
 def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path):
     built = json.loads(ragfresh(small_settings, "run", "--json").stdout)
     assert built["vectors"]["embedded"] == built["vectors"]["rows"] > 0
-    assert built["checks"] == {"vectors_reconcile": True}
+    assert built["checks"] == {"chunks_current": True, "vectors_reconcile": True}
 
     status = ragfresh(small_settings, "status", "--json")
     assert status.returncode == 0, status.stderr

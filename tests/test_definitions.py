@@ -56,8 +56,12 @@ def test_every_asset_has_a_description_and_table_assets_a_column_schema():
             assert all(c.description and "pii" in c.tags for c in schema.columns)
 
 
-def test_vector_writes_share_one_pool_and_reconciliation_blocks():
+def test_vector_writes_share_one_pool_and_the_checks_block():
     vectors = defs.resolve_assets_def("policy_vectors")
     assert vectors.op.pool == "lancedb_writer"
-    [check] = vectors.check_specs
-    assert check.name == "vectors_reconcile" and check.blocking
+    checks = {
+        spec.name: spec.blocking
+        for key in ("policy_chunks", "policy_vectors")
+        for spec in defs.resolve_assets_def(key).check_specs
+    }
+    assert checks == {"chunks_current": True, "vectors_reconcile": True}

@@ -1,7 +1,9 @@
 import polars as pl
+import pytest
 from deltalake import DeltaTable
 
-from ragfresh.documents import ingest_documents, read_documents
+from ragfresh import documents
+from ragfresh.documents import EmptyPoliciesError, ingest_documents, read_documents
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 from tests.conftest import HANDBOOK
 
@@ -94,3 +96,51 @@ def test_whole_18f_handbook_ingests_with_nothing_quarantined(settings, monkeypat
     assert result.added == 246
     texts = read_documents(handbook)["text"]
     assert texts.str.contains("{% page", literal=True).any()  # Liquid tags survive as text
+
+
+def test_broken_owners_file_keeps_every_documents_governance(settings, corpus):
+    ingest_documents(settings, run_id="r1")
+    owners = corpus / "OWNERS"
+    owners.write_text(
+        owners.read_text().replace("classification=confidential", "classification=secret")
+    )
+    result = ingest_documents(settings, run_id="r2")
+    assert (result.changed, result.unchanged, result.quarantined) == (0, 22, 0)
+    errors = pl.read_delta(settings.table_uri(INGEST_ERRORS.name))
+    assert set(errors["path"]) == {"OWNERS"}
+    assert all("unknown classification 'secret'" in r for r in errors["reason"])
+    owners.write_bytes(b"\xff\xfe not utf-8")
+    assert ingest_documents(settings, run_id="r3").changed == 0
+
+
+def test_empty_policies_folder_refuses_to_tombstone_everything(settings, corpus):
+    ingest_documents(settings, run_id="r1")
+    for path in corpus.rglob("*"):
+        if path.is_file():
+            path.unlink()
+    with pytest.raises(EmptyPoliciesError, match="refusing to tombstone all 22 documents"):
+        ingest_documents(settings, run_id="r2")
+    assert read_documents(settings).height == 22
+
+
+def test_a_new_pii_detector_rescans_stored_documents(settings, monkeypatch):
+    ingest_documents(settings, run_id="r1")
+    monkeypatch.setattr(documents, "detector_id", lambda: "presidio/next")
+    result = ingest_documents(settings, run_id="r2")
+    assert result.changed == 22
+    current = read_documents(settings)
+    assert set(current["change"]) == {"rescanned"} and set(current["pii_detector"]) == {
+        "presidio/next"
+    }
+    assert ingest_documents(settings, run_id="r3").changed == 0
+
+
+def test_a_very_long_document_is_scanned_not_rejected(settings, corpus):
+    paragraph = "Staff must follow the retention schedule for every record. " * 20 + "\n\n"
+    text = "# Archive\n\n" + paragraph * 900 + "Contact maria.okafor@northwind-bank.com.\n"
+    assert len(text) > 1_000_000
+    (corpus / "archive.md").write_text(text)
+    result = ingest_documents(settings, run_id="r1")
+    assert result.quarantined == 0
+    spans = read_documents(settings).filter(pl.col("doc_id") == "archive.md")["pii_spans"][0]
+    assert [s["entity_type"] for s in spans] == ["EMAIL_ADDRESS"]

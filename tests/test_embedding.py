@@ -38,3 +38,11 @@ def test_the_model_loads_once_per_process(embedder):
     embedder.encode(["a"])
     Embedder().encode(["b"])
     assert _load_model.cache_info().currsize == 1
+
+
+def test_vectors_come_back_in_input_order(embedder):
+    texts = ["short", "a much longer sentence about overdraft fees and their caps", "mid length"]
+    forward = embedder.encode(texts)
+    backward = embedder.encode(texts[::-1])
+    assert np.allclose(forward, backward[::-1], atol=1e-5)
+    assert np.allclose(forward[1], embedder.encode([texts[1]])[0], atol=1e-5)

@@ -1,10 +1,12 @@
 import polars as pl
 import pytest
+from deltalake import DeltaTable
 
 from ragfresh.pipeline import refresh
-from ragfresh.search import IndexNotBuiltError, search, search_many
+from ragfresh.search import IndexNotBuiltError, ModelMismatchError, search, search_many
 from ragfresh.tables import RETRIEVAL_TRACES
 from ragfresh.traces import TraceNotFoundError, explain_trace
+from tests.conftest import HashEmbedder
 
 
 def test_search_before_any_build_is_a_clear_error(small_settings, embedder):
@@ -35,11 +37,21 @@ def test_full_text_half_of_hybrid_finds_exact_terms(small_settings, embedder):
 
 def test_many_questions_share_one_index_version_and_one_commit(small_settings, embedder):
     refresh(small_settings, embedder, "build")
+    search(small_settings, embedder, "first search creates the table")
+    uri = small_settings.table_uri(RETRIEVAL_TRACES.name)
+    before = DeltaTable(uri).version()
     questions = ["overdraft fee", "card dispute deadline", "annual leave carry over"]
     results = search_many(small_settings, embedder, questions, k=2, caller="batch")
     assert len({r.index_version for r in results}) == 1
-    traces = pl.read_delta(small_settings.table_uri(RETRIEVAL_TRACES.name))
+    assert DeltaTable(uri).version() == before + 1
+    traces = pl.read_delta(uri)
     assert traces.filter(pl.col("caller") == "batch").height == 3
+
+
+def test_search_refuses_an_index_built_by_another_model(small_settings, embedder):
+    refresh(small_settings, HashEmbedder(), "other-model")
+    with pytest.raises(ModelMismatchError, match="refresh the index with this model"):
+        search(small_settings, embedder, "overdraft fee")
 
 
 def test_trace_reconstructs_a_past_answer_and_flags_superseded_versions(

@@ -11,15 +11,15 @@ import lancedb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pytest
 from deltalake import DeltaTable
 
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
+from ragfresh.embedding import Embedder
 from ragfresh.pipeline import refresh
-from ragfresh.tables import POLICY_DOCUMENTS
-from ragfresh.vectors import VECTORS, _maintain_indexes, open_vectors, read_vector_rows, reconcile
+from ragfresh.tables import INGEST_ERRORS, POLICY_CHUNKS, POLICY_DOCUMENTS
+from ragfresh.vectors import VECTORS, _ensure_indexes, open_vectors, read_vector_rows, reconcile
 from tests.conftest import REPO, HashEmbedder
 
 PLANTED = [
@@ -35,16 +35,23 @@ def vector_texts(settings) -> list[str]:
     return read_vector_rows(open_vectors(settings), ["text"])["text"].to_list()
 
 
-def test_noop_refresh_embeds_nothing_and_writes_nothing(small_settings, embedder):
+def versions(settings) -> dict:
+    delta = {
+        name: DeltaTable(settings.table_uri(name)).version()
+        for name in (POLICY_DOCUMENTS.name, POLICY_CHUNKS.name, INGEST_ERRORS.name)
+    }
+    return delta | {VECTORS: open_vectors(settings).version}
+
+
+def test_noop_refresh_embeds_nothing_and_writes_nothing(small_settings, corpus, embedder):
+    (corpus / "broken.pdf").write_bytes(b"not a pdf")
     built = refresh(small_settings, embedder, "build")
-    assert built["vectors"]["embedded"] > 0
-    doc_version = DeltaTable(small_settings.table_uri(POLICY_DOCUMENTS.name)).version()
-    index_version = open_vectors(small_settings).version
+    assert built["vectors"]["embedded"] > 0 and built["documents"]["quarantined"] == 1
+    before = versions(small_settings)
     again = refresh(small_settings, embedder, "noop")
     assert again["documents"]["unchanged"] == 5
     assert again["vectors"]["embedded"] == again["vectors"]["reused"] == 0
-    assert DeltaTable(small_settings.table_uri(POLICY_DOCUMENTS.name)).version() == doc_version
-    assert open_vectors(small_settings).version == index_version
+    assert versions(small_settings) == before
     assert reconcile(small_settings, embedder.model_id) == ZERO
 
 
@@ -84,13 +91,26 @@ def test_deleted_document_leaves_no_vector_but_keeps_its_history(small_settings,
     assert reconcile(small_settings, embedder.model_id) == ZERO
 
 
-def test_planted_pii_never_reaches_the_vector_store(small_settings, embedder):
-    refresh(small_settings, embedder, "build")
-    stored = "\n".join(vector_texts(small_settings))
-    assert "<EMAIL_ADDRESS>" in stored and "<CREDIT_CARD>" in stored
-    for planted in PLANTED:
-        assert planted not in stored
-    assert "4111 1111 1111 1112" in stored  # fails Luhn: not a card number, not redacted
+class RecordingEmbedder(Embedder):
+    """The real model, keeping every text it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def encode(self, texts, batch_size=64, progress=None):
+        self.seen.extend(texts)
+        return super().encode(texts, batch_size=batch_size, progress=progress)
+
+
+def test_planted_pii_never_reaches_the_model_or_the_vector_store(small_settings, embedder):
+    model = RecordingEmbedder()
+    refresh(small_settings, model, "build")
+    for where in ("\n".join(vector_texts(small_settings)), "\n".join(model.seen)):
+        assert "<EMAIL_ADDRESS>" in where and "<CREDIT_CARD>" in where
+        for planted in PLANTED:
+            assert planted not in where
+        assert "4111 1111 1111 1112" in where  # fails Luhn: not a card number, not redacted
 
 
 def test_classification_rules_block_or_allow(small_settings, embedder, monkeypatch):
@@ -108,14 +128,28 @@ def test_classification_rules_block_or_allow(small_settings, embedder, monkeypat
     assert reconcile(settings, embedder.model_id) == ZERO
 
 
-def test_model_change_reembeds_everything(small_settings, embedder):
+def test_a_pii_rule_change_after_a_build_regates_every_chunk(small_settings, embedder, monkeypatch):
     refresh(small_settings, embedder, "build")
-    other = HashEmbedder()
+    monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=allow")
+    allowed = Settings.load()
+    refresh(allowed, embedder, "allow")
+    assert "maria.okafor@northwind-bank.com" in "\n".join(vector_texts(allowed))
+    monkeypatch.delenv("RAGFRESH_PII_RULES")
+    result = refresh(Settings.load(), embedder, "redact-again")
+    assert result["chunks"]["documents_rechunked"] == 5
+    assert "maria.okafor@northwind-bank.com" not in "\n".join(vector_texts(small_settings))
+    assert reconcile(small_settings, embedder.model_id) == ZERO
+
+
+def test_model_change_reembeds_everything_even_at_another_dimension(small_settings, embedder):
+    refresh(small_settings, embedder, "build")
+    other = HashEmbedder(dimensions=32)
     result = refresh(small_settings, other, "new-model")
-    rows = read_vector_rows(open_vectors(small_settings), ["model_id"])
+    rows = read_vector_rows(open_vectors(small_settings), ["model_id", "vector"])
     assert result["vectors"]["model_changed"] is True
     assert result["vectors"]["embedded"] == rows.height
-    assert set(rows["model_id"]) == {other.model_id}
+    assert set(rows["model_id"]) == {other.model_id} and rows["vector"].dtype.size == 32
+    assert {i.index_type for i in open_vectors(small_settings).list_indices()} == {"FTS"}
     assert reconcile(small_settings, other.model_id) == ZERO
 
 
@@ -164,22 +198,29 @@ def _sync_in_process(home: str, policies: str) -> int:
     from ragfresh.vectors import sync_vectors
 
     settings = Settings.load(home=home, policies=policies)
-    return sync_vectors(settings, Embedder(), "concurrent").embedded
+    return sync_vectors(settings, Embedder()).embedded
 
 
-def test_two_concurrent_refreshes_leave_no_duplicate_rows(small_settings, embedder):
+def test_two_concurrent_refreshes_leave_no_duplicate_rows(small_settings, corpus, embedder):
     from ragfresh.chunking import Chunker
     from ragfresh.chunks import refresh_chunks
     from ragfresh.documents import ingest_documents
 
-    ingest_documents(small_settings, "ingest")
-    total = refresh_chunks(small_settings, Chunker.for_model(embedder), "chunks").total_chunks
+    def prepare():
+        ingest_documents(small_settings, "ingest")
+        return refresh_chunks(small_settings, Chunker.for_model(embedder), "chunks")
+
     args = (str(small_settings.home), str(small_settings.policies))
     with multiprocessing.get_context("spawn").Pool(2) as pool:
-        embedded = pool.starmap(_sync_in_process, [args, args])
-    assert sorted(embedded) == [0, total]
+        total = prepare().total_chunks  # first round: both race to create the table
+        assert sorted(pool.starmap(_sync_in_process, [args, args])) == [0, total]
+        (corpus / "hr" / "annual-leave.md").write_text("# Leave\n\nA brand new leave rule.\n")
+        (corpus / "finance").mkdir(exist_ok=True)
+        (corpus / "finance" / "gifts.md").write_text("# Gifts\n\nGifts over $50 need approval.\n")
+        prepare()  # second round: both race to merge the same new keys into the table
+        assert sorted(pool.starmap(_sync_in_process, [args, args])) == [0, 2]
     rows = read_vector_rows(open_vectors(small_settings), ["chunk_id"])
-    assert rows.height == rows["chunk_id"].n_unique() == total
+    assert rows.height == rows["chunk_id"].n_unique() == read_chunks(small_settings).height
     assert reconcile(small_settings, embedder.model_id) == ZERO
 
 
@@ -198,22 +239,28 @@ def test_vector_index_is_built_once_the_table_is_large_enough(tmp_path, monkeypa
         })  # fmt: skip
 
     table = db.create_table(VECTORS, data=rows(200, 0))
-    _maintain_indexes(settings, table)
+    _ensure_indexes(settings, table)
     assert {i.index_type for i in table.list_indices()} == {"FTS"}
     table.add(rows(200, 200))
-    _maintain_indexes(settings, table)
+    _ensure_indexes(settings, table)
     assert {i.index_type for i in table.list_indices()} == {"FTS", "IvfPq"}
 
 
-@pytest.mark.parametrize("count", [1])
-def test_reconcile_counts_orphans_and_stale_rows(small_settings, embedder, count):
+def test_reconcile_counts_orphans_and_stale_rows(small_settings, embedder):
     refresh(small_settings, embedder, "build")
     table = open_vectors(small_settings)
     table.update(where="chunk_index = 0", values={"doc_version": 99})
-    orphan = table.to_lance().to_table(limit=count)
-    orphan = orphan.set_column(0, "chunk_id", pa.array(["orphan"] * count))
-    table.add(orphan)
+    orphan = table.to_lance().to_table(limit=1)
+    table.add(orphan.set_column(0, "chunk_id", pa.array(["orphan"])))
     counts = reconcile(small_settings, embedder.model_id)
-    assert counts["orphaned"] == count and counts["stale"] == 5 and counts["missing"] == 0
+    assert counts == ZERO | {"orphaned": 1, "stale": 5}
     refresh(small_settings, embedder, "fix")
     assert reconcile(small_settings, embedder.model_id) == ZERO
+
+
+def test_a_refresh_killed_before_indexing_gets_its_index_on_the_next(small_settings, embedder):
+    refresh(small_settings, embedder, "build")
+    table = open_vectors(small_settings)
+    table.drop_index("text_idx")
+    refresh(small_settings, embedder, "noop")
+    assert "FTS" in {i.index_type for i in open_vectors(small_settings).list_indices()}

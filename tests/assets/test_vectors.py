@@ -21,14 +21,14 @@ def run_job(instance):
 def test_refresh_job_builds_then_noops_with_reconciliation_passing(small_settings, embedder):
     instance = dg.DagsterInstance.ephemeral()
     first, checks = run_job(instance)
-    assert checks == {"vectors_reconcile": True}
+    assert checks == {"chunks_current": True, "vectors_reconcile": True}
     assert first["policy_chunks"]["documents_rechunked"] == 5
     vectors = first["policy_vectors"]
     assert vectors["embedded"] == vectors["dagster/row_count"] > 0
     assert vectors["model_id"] == embedder.model_id and vectors["embeddings_per_second"] > 0
 
     second, checks = run_job(instance)
-    assert checks == {"vectors_reconcile": True}
+    assert checks == {"chunks_current": True, "vectors_reconcile": True}
     assert second["policy_vectors"]["embedded"] == 0
     assert second["policy_vectors"]["table_version"] == vectors["table_version"]
     assert second["policy_chunks"]["documents_rechunked"] == 0

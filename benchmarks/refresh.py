@@ -1,0 +1,139 @@
+"""Refresh benchmark on the 18F handbook: full build against raw `model.encode`, no-op refresh,
+one real edit, a deleted page, search latency and peak memory. Prints and saves the figures.
+
+    .venv/bin/python benchmarks/refresh.py [--out benchmarks/results/refresh.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ragfresh.chunks import read_chunks
+from ragfresh.config import Settings
+from ragfresh.embedding import Embedder
+from ragfresh.pipeline import refresh
+from ragfresh.search import search_many
+from ragfresh.vectors import reconcile
+
+REPO = Path(__file__).resolve().parents[1]
+HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
+EDIT = "18f-advanced-annual-leave"
+
+
+def timed(fn, *args):
+    started = time.perf_counter()
+    value = fn(*args)
+    return value, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "refresh.json"))
+    args = parser.parse_args()
+    changes = {
+        c["change_id"]: c
+        for c in map(json.loads, (HANDBOOK / "changes" / "changes.jsonl").read_text().splitlines())
+    }
+    edit = changes[EDIT]
+    work = Path(tempfile.mkdtemp(prefix="ragfresh-bench-"))
+    policies = work / "pages"
+    shutil.copytree(HANDBOOK / "pages", policies)
+    target = policies / edit["path"].removeprefix("pages/")
+    shutil.copy(HANDBOOK / edit["before_file"], target)
+    settings = Settings.load(home=work / "home", policies=policies)
+    embedder = Embedder()
+    _, load_seconds = timed(embedder.load)
+    embedder.encode(["warm up"])
+    figures: dict = {
+        "date": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "model_id": embedder.model_id,
+        "model_load_seconds": round(load_seconds, 2),
+    }
+
+    build, build_seconds = timed(refresh, settings, embedder, "bench-build")
+    texts = read_chunks(settings).drop_nulls("text").unique("text_sha256")["text"].to_list()
+    model = embedder.load()
+    _, raw_seconds = timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True))
+    vectors = build["vectors"]
+    ours = vectors["embedded"] / vectors["embed_seconds"]
+    raw = len(texts) / raw_seconds
+    figures["full_build"] = {
+        "documents": build["documents"]["added"],
+        "quarantined": build["documents"]["quarantined"],
+        "chunks": build["chunks"]["total_chunks"],
+        "embedded": vectors["embedded"],
+        "seconds": round(build_seconds, 1),
+        "embeddings_per_second": round(ours, 2),
+        "raw_encode_seconds": round(raw_seconds, 1),
+        "raw_encode_per_second": round(raw, 2),
+        "embedding_rate_ratio": round(ours / raw, 3),
+        "build_vs_raw_encode_time": round(build_seconds / raw_seconds, 3),
+    }
+
+    noop, noop_seconds = timed(refresh, settings, embedder, "bench-noop")
+    figures["noop_refresh"] = {
+        "seconds": round(noop_seconds, 3),
+        "embedded": noop["vectors"]["embedded"],
+    }
+    shutil.copy(HANDBOOK / edit["after_file"], target)
+    edited, edit_seconds = timed(refresh, settings, embedder, "bench-edit")
+    figures["one_real_edit"] = {
+        "page": edit["path"],
+        "seconds": round(edit_seconds, 2),
+        "embedded": edited["vectors"]["embedded"],
+        "reused": edited["vectors"]["reused"],
+        "deleted": edited["vectors"]["deleted"],
+    }
+    deleted_page = policies / "travel-and-leave" / "overtime.md"
+    deleted_page.unlink()
+    removed, delete_seconds = timed(refresh, settings, embedder, "bench-delete")
+    figures["deleted_page"] = {
+        "page": deleted_page.relative_to(policies).as_posix(),
+        "seconds": round(delete_seconds, 2),
+        "vectors_deleted": removed["vectors"]["deleted"],
+        "embedded": removed["vectors"]["embedded"],
+        "reconciliation": reconcile(settings, embedder.model_id),
+    }
+
+    questions = [c["question"] for c in changes.values()]
+    titles = read_chunks(settings, ["heading"])["heading"].drop_nulls().unique().sort()
+    questions += [f"What does the handbook say about {h.split(' > ')[-1]}?" for h in titles[:97]]
+    results = search_many(settings, embedder, questions, k=5, caller="benchmark")
+    latencies = sorted(r.latency_ms for r in results)
+    figures["search"] = {
+        "questions": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 1),
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
+    }
+
+    os.environ["RAGFRESH_HOME"], os.environ["RAGFRESH_POLICIES"] = str(settings.home), str(policies)
+    from orchestration.definitions import defs
+    from orchestration.runner import prepare_instance
+
+    instance = prepare_instance(settings)
+    job = defs.resolve_job_def("refresh_policies")
+    _, dagster_noop = timed(lambda: job.execute_in_process(instance=instance))
+    figures["noop_refresh"]["dagster_job_seconds"] = round(dagster_noop, 2)
+    figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    shutil.rmtree(work)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()
