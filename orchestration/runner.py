@@ -45,7 +45,10 @@ def run_refresh(settings: Settings) -> dict[str, Any]:
 
     job = defs.resolve_job_def("refresh_policies")
     result = job.execute_in_process(instance=instance, tags={"ragfresh/trigger": "cli"})
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    checks = {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+        for e in result.get_asset_check_evaluations()
+    }
     summary: dict[str, Any] = {"run": {"run_id": result.run_id}, "checks": checks}
     for event in result.get_asset_materialization_events():
         materialization = event.event_specific_data.materialization

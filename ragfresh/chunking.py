@@ -57,6 +57,7 @@ class Chunker:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.capacity = max_tokens - len(tokenizer.encode("").ids)
+        self._splitters: dict[int, MarkdownSplitter] = {}
         self.chunker_id = f"md-{CHUNKER_VERSION}/{model_id}/{max_tokens}"
 
     @classmethod
@@ -71,7 +72,11 @@ class Chunker:
         """(offset, text, tokens) pieces; one over the limit is split again with less capacity."""
         if capacity < 16:
             raise ValueError(f"cannot fit text into {self.max_tokens} tokens: {text[:60]!r}")
-        splitter = MarkdownSplitter.from_huggingface_tokenizer(self.tokenizer, capacity)
+        if capacity not in self._splitters:  # building one copies the tokenizer: slow
+            self._splitters[capacity] = MarkdownSplitter.from_huggingface_tokenizer(
+                self.tokenizer, capacity
+            )
+        splitter = self._splitters[capacity]
         pieces: list[tuple[int, str, int]] = []
         for start, piece in splitter.chunk_indices(text):
             tokens = self.count_tokens(piece)

@@ -59,9 +59,14 @@ def test_every_asset_has_a_description_and_table_assets_a_column_schema():
 def test_vector_writes_share_one_pool_and_the_checks_block():
     vectors = defs.resolve_assets_def("policy_vectors")
     assert vectors.op.pool == "lancedb_writer"
+    graph = defs.resolve_asset_graph()
     checks = {
-        spec.name: spec.blocking
-        for key in ("policy_chunks", "policy_vectors")
-        for spec in defs.resolve_assets_def(key).check_specs
+        f"{key.asset_key.to_user_string()}:{key.name}": graph.get_check_spec(key).blocking
+        for key in graph.asset_check_keys
     }
-    assert checks == {"chunks_current": True, "vectors_reconcile": True}
+    assert checks == {
+        "policy_documents:expectations": True,
+        "policy_chunks:chunks_current": True,
+        "policy_chunks:expectations": True,
+        "policy_vectors:vectors_reconcile": True,
+    }

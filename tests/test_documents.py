@@ -144,3 +144,35 @@ def test_a_very_long_document_is_scanned_not_rejected(settings, corpus):
     assert result.quarantined == 0
     spans = read_documents(settings).filter(pl.col("doc_id") == "archive.md")["pii_spans"][0]
     assert [s["entity_type"] for s in spans] == ["EMAIL_ADDRESS"]
+
+
+def test_a_killed_table_creation_is_governed_on_the_next_run(settings):
+    from deltalake import DeltaTable as Table
+
+    Table.create(settings.table_uri(POLICY_DOCUMENTS.name), schema=POLICY_DOCUMENTS.schema)
+    ingest_documents(settings, run_id="after-kill")
+    config = Table(settings.table_uri(POLICY_DOCUMENTS.name)).metadata().configuration
+    assert config["ragfresh.owner"] == "team:data-platform"
+
+
+def _ingest_in_process(home: str, policies: str) -> int:
+    from ragfresh.config import Settings
+
+    return ingest_documents(Settings.load(home=home, policies=policies), run_id="race").added
+
+
+def test_two_concurrent_ingests_write_each_version_once(settings):
+    import multiprocessing
+
+    ingest_documents(settings, run_id="create")  # both racers then merge into one table
+    (settings.policies / "retail" / "overdraft-fees.md").write_text("# Overdraft\n\nNo fees.\n")
+    (settings.policies / "finance" / "gifts.md").write_text("# Gifts\n\nUp to $50.\n")
+    args = (str(settings.home), str(settings.policies))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.starmap(_ingest_in_process, [args, args])
+    versions = read_documents(settings, current_only=False)
+    assert versions.select("doc_id", "doc_version").is_duplicated().sum() == 0
+    current = versions.filter(pl.col("is_current"))
+    assert current["doc_id"].n_unique() == current.height == 23
+    fee = current.filter(pl.col("doc_id") == "retail/overdraft-fees.md")
+    assert fee["doc_version"].to_list() == [2]

@@ -1,0 +1,39 @@
+"""The GX-to-asset-check bridge: each suite in `expectations/` becomes a blocking check on the
+table asset of the same name, so bad data stops before it is chunked or embedded."""
+
+import dagster as dg
+
+from orchestration.resources import RagfreshResource
+from ragfresh import delta_store
+from ragfresh.expectations import load_suite, suite_path, validate
+from ragfresh.tables import TableDef
+
+
+def expectation_check(table: TableDef) -> dg.AssetChecksDefinition:
+    """A blocking asset check that validates the whole table against its suite."""
+    path = suite_path(table.name)
+    suite = load_suite(path)
+
+    @dg.asset_check(
+        asset=table.name,
+        name="expectations",
+        blocking=True,
+        description=f"Great Expectations suite {path.parent.name}/{path.name} "
+        f"({len(suite['expectations'])} expectations).",
+    )
+    def check(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
+        settings = ragfresh.settings()
+        frame = delta_store.read_table(settings.table_uri(table.name), table.schema)
+        result = validate(frame, suite)
+        return dg.AssetCheckResult(
+            passed=result.success,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "rows": frame.height,
+                "expectations": result.evaluated,
+                "failed": len(result.failures),
+                "failures": dg.MetadataValue.json(result.failures),
+            },
+        )
+
+    return check

@@ -1,0 +1,51 @@
+import json
+
+import polars as pl
+import pytest
+
+from ragfresh.chunking import Chunker
+from ragfresh.chunks import read_chunks, refresh_chunks
+from ragfresh.documents import ingest_documents, read_documents
+from ragfresh.expectations import SUITES, load_suite, suite_path, validate
+
+
+def test_every_suite_is_named_after_its_table():
+    names = sorted(p.stem for p in SUITES.glob("*.json"))
+    assert names == ["policy_chunks", "policy_documents"]
+    for name in names:
+        assert load_suite(suite_path(name))["name"] == name
+
+
+def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
+    monkeypatch.setenv("RAGFRESH_PII_RULES", "restricted=block")
+    settings = type(settings).load()
+    ingest_documents(settings, run_id="r1")
+    (corpus / "hr" / "remote-work.md").unlink()
+    ingest_documents(settings, run_id="r2")  # a tombstone: no text, no hash, no size
+    assert refresh_chunks(settings, Chunker.for_model(embedder), run_id="r1").blocked > 0
+    documents = read_documents(settings, current_only=False)
+    assert documents["is_deleted"].any()
+    result = validate(documents, load_suite(suite_path("policy_documents")))
+    assert result.success and result.evaluated == 10, result.failures
+    chunks = validate(read_chunks(settings), load_suite(suite_path("policy_chunks")))
+    assert chunks.success, chunks.failures
+
+
+def test_a_bad_table_fails_with_what_and_where(settings):
+    ingest_documents(settings, run_id="r1")
+    documents = read_documents(settings, current_only=False)
+    bad = pl.concat([documents, documents.head(1).with_columns(classification=pl.lit("secret"))])
+    result = validate(bad, load_suite(suite_path("policy_documents")))
+    assert not result.success
+    failed = {(f["expectation"], str(f["column"])) for f in result.failures}
+    assert ("expect_column_values_to_be_in_set", "classification") in failed
+    assert ("expect_compound_columns_to_be_unique", "['doc_id', 'doc_version']") in failed
+    secret = next(f for f in result.failures if f["column"] == "classification")
+    assert secret["unexpected_count"] == 1 and secret["examples"] == ["secret"]
+
+
+def test_a_suite_without_expectations_is_rejected(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ValueError, match="needs a `name` and a list of `expectations`"):
+        load_suite(path)
