@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.metadata import table_metadata
+from assets.metadata import table_asset
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import chunking_id, refresh_chunks, unchunked_documents
@@ -13,11 +13,7 @@ from ragfresh.tables import POLICY_CHUNKS
 @dg.asset(
     name=POLICY_CHUNKS.name,
     deps=["policy_documents"],
-    group_name="indexing",
-    owners=[POLICY_CHUNKS.owner],
-    kinds={"deltalake", "polars"},
-    tags={"pii": "redacted", "layer": "silver"},
-    metadata=table_metadata(POLICY_CHUNKS),
+    **table_asset(POLICY_CHUNKS, group="indexing", layer="silver", kinds={"deltalake", "polars"}),
     automation_condition=dg.AutomationCondition.eager(),
     check_specs=[
         dg.AssetCheckSpec(

@@ -3,34 +3,18 @@
 import dagster as dg
 import polars as pl
 
-from assets.metadata import markdown_table, table_metadata
+from assets.metadata import markdown_table, table_asset
 from orchestration.resources import RagfreshResource
 from ragfresh.documents import ingest_documents
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
-GROUP = "ingestion"
+BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polars"}}
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(
-            POLICY_DOCUMENTS.name,
-            description=POLICY_DOCUMENTS.description,
-            group_name=GROUP,
-            owners=[POLICY_DOCUMENTS.owner],
-            kinds={"deltalake", "polars"},
-            tags={"pii": "contains", "layer": "bronze"},
-            metadata=table_metadata(POLICY_DOCUMENTS),
-        ),
-        dg.AssetSpec(
-            INGEST_ERRORS.name,
-            description=INGEST_ERRORS.description,
-            group_name=GROUP,
-            owners=[INGEST_ERRORS.owner],
-            kinds={"deltalake", "polars"},
-            tags={"pii": "none", "layer": "bronze"},
-            metadata=table_metadata(INGEST_ERRORS),
-        ),
+        dg.AssetSpec(table.name, description=table.description, **table_asset(table, **BRONZE))
+        for table in (POLICY_DOCUMENTS, INGEST_ERRORS)
     ],
 )
 def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):

@@ -28,6 +28,20 @@ def table_metadata(table: TableDef) -> dict[str, Any]:
     }
 
 
+def table_asset(table: TableDef, *, group: str, layer: str, kinds: set[str]) -> dict[str, Any]:
+    """What every table asset declares alike: group, owner, kinds, tags and column schema.
+    Its `pii` tag is the strongest column tag: contains, else redacted, else none."""
+    tags = {f.metadata[b"pii"].decode() for f in table.schema}
+    pii = next((t for t in ("contains", "redacted") if t in tags), "none")
+    return {
+        "group_name": group,
+        "owners": [table.owner],
+        "kinds": kinds,
+        "tags": {"pii": pii, "layer": layer},
+        "metadata": table_metadata(table),
+    }
+
+
 def markdown_table(frame: pl.DataFrame, limit: int = 50) -> dg.MetadataValue:
     """A small markdown table of the first rows, with a line saying how many were left out."""
     if frame.is_empty():

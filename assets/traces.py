@@ -2,16 +2,12 @@
 
 import dagster as dg
 
-from assets.metadata import table_metadata
+from assets.metadata import table_asset
 from ragfresh.tables import RETRIEVAL_TRACES
 
 retrieval_traces = dg.AssetSpec(
     RETRIEVAL_TRACES.name,
     deps=["policy_vectors"],
     description=RETRIEVAL_TRACES.description + " Written by `ragfresh search` and `search()`.",
-    group_name="serving",
-    owners=[RETRIEVAL_TRACES.owner],
-    kinds={"deltalake"},
-    tags={"pii": "contains", "layer": "audit"},
-    metadata=table_metadata(RETRIEVAL_TRACES),
+    **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )
