@@ -5,7 +5,7 @@ import dagster as dg
 from assets.metadata import table_asset
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
-from ragfresh.chunks import chunking_id, refresh_chunks, unchunked_documents
+from ragfresh.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
 from ragfresh.documents import read_documents
 from ragfresh.tables import POLICY_CHUNKS
 
@@ -21,7 +21,7 @@ from ragfresh.tables import POLICY_CHUNKS
             asset=POLICY_CHUNKS.name,
             blocking=True,
             description="Every current document version is chunked under the current "
-            "chunking and PII configuration.",
+            "chunking and PII configuration, and no chunk is longer than the model reads.",
         )
     ],
 )
@@ -47,8 +47,12 @@ def policy_chunks(
         }
     )
     behind = unchunked_documents(settings, read_documents(settings), chunking_id(settings, chunker))
+    oversized = oversized_chunks(settings, chunker.max_tokens)
     yield dg.AssetCheckResult(
         check_name="chunks_current",
-        passed=behind.is_empty(),
-        metadata={"documents_not_chunked": dg.MetadataValue.json(behind["doc_id"].to_list())},
+        passed=behind.is_empty() and not oversized,
+        metadata={
+            "documents_not_chunked": dg.MetadataValue.json(behind["doc_id"].to_list()),
+            "chunks_over_token_limit": oversized,
+        },
     )

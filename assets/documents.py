@@ -6,6 +6,7 @@ import polars as pl
 from assets.metadata import markdown_table, table_asset
 from orchestration.resources import RagfreshResource
 from ragfresh.documents import ingest_documents
+from ragfresh.sources import OWNERS_FILE
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polars"}}
@@ -40,11 +41,16 @@ def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResour
             "changes": markdown_table(changes),
         },
     )
+    errors = result.errors.select("path", "reason")
+    owners_file = pl.col("path") == OWNERS_FILE
     yield dg.MaterializeResult(
         asset_key=INGEST_ERRORS.name,
         metadata={
             "quarantined": result.quarantined,
             "dagster/uri": settings.table_uri(INGEST_ERRORS.name),
-            "files": dg.MetadataValue.json(result.errors.select("path", "reason").to_dicts()),
+            "files": dg.MetadataValue.json(errors.filter(~owners_file).to_dicts()),
+            "owners_file_errors": dg.MetadataValue.json(
+                errors.filter(owners_file)["reason"].to_list()
+            ),
         },
     )

@@ -3,10 +3,9 @@
 import dagster as dg
 
 from assets import chunks, documents, traces, vectors
-from orchestration.expectations import expectation_check
+from orchestration.expectations import expectation_checks
 from orchestration.jobs import refresh_policies
 from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.tables import POLICY_CHUNKS, POLICY_DOCUMENTS
 
 defs = dg.Definitions(
     assets=[
@@ -15,7 +14,7 @@ defs = dg.Definitions(
         vectors.policy_vectors,
         traces.retrieval_traces,
     ],
-    asset_checks=[expectation_check(POLICY_DOCUMENTS), expectation_check(POLICY_CHUNKS)],
+    asset_checks=expectation_checks(),
     jobs=[refresh_policies],
     resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
 )

@@ -5,8 +5,8 @@ import dagster as dg
 
 from orchestration.resources import RagfreshResource
 from ragfresh import delta_store
-from ragfresh.expectations import load_suite, suite_path, validate
-from ragfresh.tables import TableDef
+from ragfresh.expectations import SUITES, load_suite, suite_path, validate
+from ragfresh.tables import TABLES, TableDef
 
 
 def expectation_check(table: TableDef) -> dg.AssetChecksDefinition:
@@ -37,3 +37,13 @@ def expectation_check(table: TableDef) -> dg.AssetChecksDefinition:
         )
 
     return check
+
+
+def expectation_checks() -> list[dg.AssetChecksDefinition]:
+    """One check per suite file; a suite named after no table is a definition error."""
+    checks = []
+    for path in sorted(SUITES.glob("*.json")):
+        if path.stem not in TABLES:
+            raise ValueError(f"{path}: no table named {path.stem!r} (one of {sorted(TABLES)})")
+        checks.append(expectation_check(TABLES[path.stem]))
+    return checks

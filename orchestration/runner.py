@@ -8,6 +8,12 @@ from typing import Any
 import dagster as dg
 
 from ragfresh.config import Settings
+from ragfresh.errors import RagfreshError
+
+
+class RunFailedError(RagfreshError):
+    """A step of the refresh raised: bad configuration, an empty folder, a storage error."""
+
 
 INSTANCE_CONFIG = """\
 # Written by ragfresh. One writer per vector table: pools default to a limit of 1.
@@ -44,7 +50,15 @@ def run_refresh(settings: Settings) -> dict[str, Any]:
     from orchestration.definitions import defs
 
     job = defs.resolve_job_def("refresh_policies")
-    result = job.execute_in_process(instance=instance, tags={"ragfresh/trigger": "cli"})
+    result = job.execute_in_process(
+        instance=instance, tags={"ragfresh/trigger": "cli"}, raise_on_error=False
+    )
+    for event in result.all_events:
+        error = event.step_failure_data.error if event.is_step_failure else None
+        # A failed blocking check is reported through `checks`; any other failure is an error.
+        if error is not None and error.cls_name != "DagsterAssetCheckFailedError":
+            cause = error.cause or error
+            raise RunFailedError(f"step {event.step_key} failed: {cause.message.strip()}")
     checks = {
         f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
         for e in result.get_asset_check_evaluations()

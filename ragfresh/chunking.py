@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -12,11 +11,11 @@ from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
 from ragfresh.embedding import Embedder
+from ragfresh.parsing import HEADING
 from ragfresh.pii import PiiSpan, redact, to_original_offset
 
 CHUNKER_VERSION = "1"
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def chunk_id(doc_id: str, text: str, occurrence: int) -> str:
 def _heading_paths(text: str) -> tuple[list[int], list[str]]:
     """For each markdown heading, its position and the ' > ' path of headings above it."""
     positions, paths, stack = [], [], []
-    for match in _HEADING.finditer(text):
+    for match in HEADING.finditer(text):
         level = len(match.group(1))
         stack = [(lvl, title) for lvl, title in stack if lvl < level] + [(level, match.group(2))]
         positions.append(match.start())

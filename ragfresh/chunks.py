@@ -39,11 +39,9 @@ def chunking_id(settings: Settings, chunker: Chunker) -> str:
     return f"{chunker.chunker_id}/pii-{rules[:8]}"
 
 
-def read_chunks(
-    settings: Settings, columns: list[str] | None = None, where: pl.Expr | None = None
-) -> pl.DataFrame:
+def read_chunks(settings: Settings, columns: list[str] | None = None) -> pl.DataFrame:
     return delta_store.read_table(
-        settings.table_uri(POLICY_CHUNKS.name), POLICY_CHUNKS.schema, columns, where
+        settings.table_uri(POLICY_CHUNKS.name), POLICY_CHUNKS.schema, columns
     )
 
 
@@ -54,6 +52,12 @@ def unchunked_documents(
     done = read_chunks(settings, ["doc_id", "doc_version", "chunker_id"]).unique()
     done = done.filter(pl.col("chunker_id") == config_id)
     return documents.join(done, on=["doc_id", "doc_version"], how="anti")
+
+
+def oversized_chunks(settings: Settings, max_tokens: int) -> int:
+    """Chunks longer than the model reads: the model would silently truncate them."""
+    chunks = read_chunks(settings, ["token_count"])
+    return chunks.filter(pl.col("token_count") > max_tokens).height
 
 
 def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str) -> list:

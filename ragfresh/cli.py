@@ -38,14 +38,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         "policies": str(settings.policies),
         "documents": {k: docs.get(k, 0) for k in DOCUMENT_COUNTS},
         "quarantined_files": materialized.get("ingest_errors", {}).get("files", []),
+        "owners_file_errors": materialized.get("ingest_errors", {}).get("owners_file_errors", []),
         "chunks": {k: chunks.get(k, 0) for k in CHUNK_COUNTS},
         "vectors": {k: vectors.get(k, 0) for k in VECTOR_COUNTS}
         | {"rows": vectors.get("dagster/row_count"), "index_version": vectors.get("table_version")},
         "checks": materialized["checks"],
     }
+    status = 0 if all(summary["checks"].values()) else 1
     if args.json:
         print(json.dumps(summary))
-        return 0
+        return status
     print(f"ragfresh run {summary['run_id']} over {settings.policies}")
     print(f"  state: {settings.home} (Dagster instance: {settings.dagster_home})")
     for stage, keys in (("documents", DOCUMENT_COUNTS), ("chunks", CHUNK_COUNTS)):
@@ -57,16 +59,21 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     )
     for error in summary["quarantined_files"]:
         print(f"  quarantined {error['path']}: {error['reason']}")
+    for reason in summary["owners_file_errors"]:
+        print(f"  {reason} (owners and classification kept as they were)")
     for check, passed in summary["checks"].items():
-        print(f"  check {check}: {'passed' if passed else 'FAILED'}")
-    return 0 if all(summary["checks"].values()) else 1
+        print(f"  check {check}: {'passed' if passed else 'FAILED (later stages skipped)'}")
+    return status
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     questions = [args.question] if args.question else []
     if args.questions:
-        with open(args.questions, encoding="utf-8") as handle:
-            questions += [line.strip() for line in handle if line.strip()]
+        try:
+            lines = Path(args.questions).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read --questions {args.questions}: {exc}") from exc
+        questions += [line.strip() for line in lines if line.strip()]
     if not questions:
         raise ConfigError("give a QUESTION or --questions FILE")
     results = search_many(settings, Embedder(), questions, k=args.k, caller=args.caller)
@@ -107,7 +114,8 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     else:
         for key, value in status.items():
             print(f"{key}: {value}")
-    healthy = not status["documents_not_chunked"] and not any(status["reconciliation"].values())
+    lagging = status["documents_not_chunked"] + status["chunks_over_token_limit"]
+    healthy = not lagging and not any(status["reconciliation"].values())
     return 0 if healthy else 1
 
 
@@ -123,6 +131,13 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)
 
 
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ragfresh", description=__doc__)
     parser.add_argument("--home", help="state home (default: $RAGFRESH_HOME or .ragfresh)")
@@ -136,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     search = commands.add_parser("search", help="hybrid search with a receipt per hit")
     search.add_argument("question", nargs="?", help="the question")
-    search.add_argument("-k", type=int, default=5, help="hits per question (default 5)")
+    search.add_argument("-k", type=_positive, default=5, help="hits per question (default 5)")
     search.add_argument("--questions", help="a file with one question a line")
     search.add_argument("--caller", default="cli", help="recorded in the trace (default cli)")
     search.add_argument("--json", action="store_true", help="one JSON object per question")
@@ -149,7 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
     dev = commands.add_parser("dev", help="start the Dagster UI on this home's instance")
-    dev.add_argument("dagster_args", nargs="*", help="passed on to `dagster dev`")
+    dev.add_argument(
+        "dagster_args", nargs="*", help="passed on to `dagster dev`, after --: dev -- -p 3001"
+    )
     dev.set_defaults(handler=_dev)
     return parser
 
@@ -159,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setLevel(logging.INFO if args.verbose else logging.WARNING)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    ours = logging.getLogger("ragfresh")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
     try:
         settings = Settings.load(home=args.home, policies=args.policies)
         return args.handler(settings, args)

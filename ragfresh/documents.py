@@ -14,7 +14,7 @@ import polars as pl
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.errors import RagfreshError
-from ragfresh.governance import OwnerRule, load_owner_rules, resolve_governance
+from ragfresh.governance import Governance, OwnerRule, load_owner_rules, resolve_governance
 from ragfresh.parsing import ParseError, parse_document, read_front_matter
 from ragfresh.pii import PiiSpan, detect_pii, detector_id
 from ragfresh.sources import OWNERS_FILE, SourceFile, scan_sources, sha256_bytes
@@ -71,36 +71,42 @@ def _spans(spans: list[PiiSpan]) -> list[dict[str, Any]]:
     return [{"entity_type": s.entity_type, "start": s.start, "end": s.end} for s in spans]
 
 
-def _new_content(source: SourceFile, rules: list[OwnerRule]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Rules:
+    """OWNERS rules for one document; while the file is broken, what the document had."""
+
+    rules: list[OwnerRule]
+    fallback: Governance | None
+
+    def govern(self, doc_id: str, front_matter: dict[str, Any]) -> dict[str, Any]:
+        gov = resolve_governance(doc_id, front_matter, self.rules, self.fallback)
+        return {"owners": list(gov.owners), "classification": gov.classification}
+
+
+def _new_content(source: SourceFile, rules: _Rules) -> dict[str, Any]:
     """Parse, govern and scan a file whose bytes are new."""
     data = source.path.read_bytes()
     parsed = parse_document(source.doc_id, data)
-    gov = resolve_governance(source.doc_id, parsed.front_matter, rules)
     return {
         "content_sha256": sha256_bytes(data),
         "title": parsed.title,
         "format": parsed.format,
         "text": parsed.text,
         "pii_spans": _spans(detect_pii(parsed.text)),
-        "owners": list(gov.owners),
-        "classification": gov.classification,
+        **rules.govern(source.doc_id, parsed.front_matter),
     }
 
 
 def _same_content(
-    source: SourceFile, live: dict[str, Any], rules: list[OwnerRule] | None, detector: str
+    source: SourceFile, live: dict[str, Any], rules: _Rules, detector: str
 ) -> tuple[str, dict[str, Any]] | None:
-    """For unchanged bytes: a new version only if governance or the PII detector changed.
-    `rules` is None while the OWNERS file has errors: governance then stays as it was."""
+    """For unchanged bytes: a new version only if governance or the PII detector changed."""
     content = {k: live[k] for k in ("content_sha256", "title", "format", "text", "pii_spans")}
-    content |= {"owners": live["owners"], "classification": live["classification"]}
+    front_matter = read_front_matter(source.doc_id, source.path.read_bytes())
+    content |= rules.govern(source.doc_id, front_matter)
     change = None
-    if rules is not None:
-        front_matter = read_front_matter(source.doc_id, source.path.read_bytes())
-        gov = resolve_governance(source.doc_id, front_matter, rules)
-        if (tuple(live["owners"]), live["classification"]) != (gov.owners, gov.classification):
-            content |= {"owners": list(gov.owners), "classification": gov.classification}
-            change = "governance"
+    if (content["owners"], content["classification"]) != (live["owners"], live["classification"]):
+        change = "governance"
     if live["pii_detector"] != detector:
         content["pii_spans"] = _spans(detect_pii(live["text"]))
         change = change or "rescanned"
@@ -130,14 +136,16 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
         previous = latest.get(source.doc_id)
         live = previous if previous and not previous["is_deleted"] else None
         try:
+            held = Governance(tuple(live["owners"]), live["classification"]) if live else None
+            doc_rules = _Rules([], held) if rule_errors and held else _Rules(rules, None)
             if live and live["content_sha256"] == source.sha256:
-                update = _same_content(source, live, None if rule_errors else rules, detector)
+                update = _same_content(source, live, doc_rules, detector)
                 if update is None:
                     counts["unchanged"] += 1
                     continue
                 change, content = update
             else:
-                change, content = ("changed" if live else "added"), _new_content(source, rules)
+                change, content = ("changed" if live else "added"), _new_content(source, doc_rules)
         except Exception as exc:  # one bad file is recorded and skipped, never fatal
             reason = str(exc) if isinstance(exc, ParseError) else f"{type(exc).__name__}: {exc}"
             errors.append((source.doc_id, source.sha256, reason))

@@ -43,6 +43,16 @@ def _digest_files(stamps: tuple[tuple[Path, int, int], ...]) -> str:
     return digest.hexdigest()[:12]
 
 
+def _output_dimensions(path: Path) -> int:
+    """Vector size: the last Dense layer's output if the model has one, else the transformer's."""
+    size = int(json.loads((path / "config.json").read_text())["hidden_size"])
+    for module in json.loads((path / "modules.json").read_text()):
+        if module["type"].endswith("Dense"):
+            dense = json.loads((path / module["path"] / "config.json").read_text())
+            size = int(dense["out_features"])
+    return size
+
+
 @cache
 def _load_model(path: Path):  # -> SentenceTransformer; imported here: torch is slow to import
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -63,9 +73,7 @@ class Embedder:
         self.name = name
         config = json.loads((self.path / "sentence_bert_config.json").read_text())
         self.max_tokens: int = int(config["max_seq_length"])
-        self.dimensions: int = int(
-            json.loads((self.path / "config.json").read_text())["hidden_size"]
-        )
+        self.dimensions: int = _output_dimensions(self.path)
 
     @property
     def model_id(self) -> str:

@@ -19,7 +19,6 @@ SUITES = Path(__file__).resolve().parents[1] / "expectations"
 class Validation:
     """The outcome of one suite over one table: what failed, with GX's own observed values."""
 
-    suite: str
     success: bool
     evaluated: int
     failures: list[dict[str, Any]] = field(default_factory=list)
@@ -66,4 +65,4 @@ def validate(frame: pl.DataFrame, suite: dict[str, Any]) -> Validation:
     log.info(
         "suite %s: %d expectations, %d failed", suite["name"], len(result.results), len(failures)
     )
-    return Validation(suite["name"], bool(result.success), len(result.results), failures)
+    return Validation(bool(result.success), len(result.results), failures)

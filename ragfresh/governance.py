@@ -87,9 +87,13 @@ def load_owner_rules(path: Path) -> tuple[list[OwnerRule], list[str]]:
 
 
 def resolve_governance(
-    doc_id: str, front_matter: dict[str, Any], rules: list[OwnerRule]
+    doc_id: str,
+    front_matter: dict[str, Any],
+    rules: list[OwnerRule],
+    fallback: Governance | None = None,
 ) -> Governance:
-    """Front matter `owner`/`classification` win; else, field by field, the first matching rule."""
+    """Front matter `owner`/`classification` win; else, field by field, the first matching rule;
+    else the fallback (what a document had while the OWNERS file is broken)."""
     declared = front_matter.get("owner", front_matter.get("owners"))
     if isinstance(declared, str):
         declared = [declared]
@@ -105,4 +109,7 @@ def resolve_governance(
         if (not owners or classification is None) and rule.matches(doc_id):
             owners = owners or rule.owners
             classification = classification or rule.classification
+    if fallback is not None:
+        owners = owners or fallback.owners
+        classification = classification or fallback.classification
     return Governance(owners=owners, classification=classification or DEFAULT_CLASSIFICATION)

@@ -47,9 +47,13 @@ def _decode(data: bytes) -> str:
         raise ParseError(f"invalid UTF-8 at byte {exc.start}") from exc
 
 
+# An ATX heading: 1-6 `#`, a space, the title, optionally closing `#`s after a space.
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+
+
 def _first_heading(markdown: str) -> str | None:
-    match = re.search(r"^#{1,6}\s+(.+?)\s*#*\s*$", markdown, flags=re.MULTILINE)
-    return match.group(1).strip() if match else None
+    match = HEADING.search(markdown)
+    return match.group(2).strip() if match else None
 
 
 def _parse_markdown(data: bytes) -> tuple[str, str | None, dict[str, Any]]:

@@ -6,6 +6,8 @@ import bisect
 import logging
 from dataclasses import dataclass
 from functools import cache
+from importlib.metadata import version
+from importlib.util import find_spec
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,11 @@ class PiiSpan:
     entity_type: str
     start: int
     end: int
+
+
+def _has_ner_model() -> bool:
+    """Whether the spaCy NER model is installed (found without importing spaCy)."""
+    return find_spec(NER_MODEL) is not None
 
 
 @cache
@@ -49,7 +56,7 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
         def validate_result(self, pattern_text: str) -> bool:
             return offline_domains(pattern_text).fqdn != ""
 
-    has_ner = spacy.util.is_package(NER_MODEL)
+    has_ner = _has_ner_model()
 
     @spacy.Language.component("ragfresh_lowercase_lemmas")
     def lowercase_lemmas(doc):
@@ -62,8 +69,8 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
         """Never downloads: the installed NER model, or a blank tokenizer-only pipeline."""
 
         def load(self) -> None:
-            if has_ner:
-                nlp = spacy.load(NER_MODEL)
+            if has_ner:  # NER only: the parser's memory grows with document length
+                nlp = spacy.load(NER_MODEL, exclude=["parser", "senter"])
             else:
                 nlp = spacy.blank("en")
                 nlp.add_pipe("ragfresh_lowercase_lemmas")
@@ -89,12 +96,8 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
 
 def detector_id() -> str:
     """Names the detector configuration: when it changes, stored documents are scanned again."""
-    from importlib.metadata import version
-
-    import spacy
-
     presidio_version = version("presidio-analyzer")
-    ner = f"+{NER_MODEL}" if spacy.util.is_package(NER_MODEL) else ""
+    ner = f"+{NER_MODEL}" if _has_ner_model() else ""
     regions = "-".join(PHONE_REGIONS)
     return f"presidio-{presidio_version}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}{ner}"
 

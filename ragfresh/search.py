@@ -60,6 +60,8 @@ def search_many(
     settings: Settings, embedder: Embedder, questions: list[str], k: int = 5, caller: str = "cli"
 ) -> list[SearchResult]:
     """Answer each question from the same index version; one trace row each, one commit."""
+    if not questions:
+        return []
     table = open_vectors(settings)
     if table is None:
         raise IndexNotBuiltError(f"no vector index under {settings.vectors_uri}: run a refresh")

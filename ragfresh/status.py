@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ragfresh.chunking import Chunker
-from ragfresh.chunks import chunking_id, read_chunks, unchunked_documents
+from ragfresh.chunks import chunking_id, oversized_chunks, read_chunks, unchunked_documents
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
 from ragfresh.embedding import Embedder
@@ -17,7 +17,8 @@ def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
     table = open_vectors(settings)
     documents = read_documents(settings)
     chunks = read_chunks(settings, ["pii_action"])
-    config_id = chunking_id(settings, Chunker.for_model(embedder))
+    chunker = Chunker.for_model(embedder)
+    config_id = chunking_id(settings, chunker)
     return {
         "home": str(settings.home),
         "documents": documents.height,
@@ -27,5 +28,6 @@ def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
         "index_version": table.version if table else None,
         "model_id": embedder.model_id,
         "documents_not_chunked": unchunked_documents(settings, documents, config_id).height,
+        "chunks_over_token_limit": oversized_chunks(settings, chunker.max_tokens),
         "reconciliation": reconcile(settings, embedder.model_id),
     }

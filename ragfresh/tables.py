@@ -115,6 +115,8 @@ RETRIEVAL_TRACES = TableDef(
     ]),
 )  # fmt: skip
 
+TABLES = {t.name: t for t in (POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, RETRIEVAL_TRACES)}
+
 
 def empty_frame(table: TableDef) -> pl.DataFrame:
     """A polars frame with the table's columns and no rows."""

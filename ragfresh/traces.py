@@ -10,7 +10,7 @@ import polars as pl
 
 from ragfresh import delta_store
 from ragfresh.config import Settings
-from ragfresh.documents import read_latest
+from ragfresh.documents import read_documents
 from ragfresh.errors import RagfreshError
 from ragfresh.sql import in_list
 from ragfresh.tables import RETRIEVAL_TRACES
@@ -51,19 +51,27 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
             filter=f"chunk_id IN ({in_list([h['chunk_id'] for h in hits])})",
         )
         texts = dict(zip(served["chunk_id"].to_pylist(), served["text"].to_pylist(), strict=True))
-    latest = {r["doc_id"]: r for r in read_latest(settings).iter_rows(named=True)}
+    versions = read_documents(settings, current_only=False).filter(
+        pl.col("doc_id").is_in([h["doc_id"] for h in hits])
+    )
+    sha = {
+        (r["doc_id"], r["doc_version"]): r["content_sha256"] for r in versions.iter_rows(named=True)
+    }
+    latest = {r["doc_id"]: r for r in versions.filter(pl.col("is_current")).iter_rows(named=True)}
     report = []
     for hit in hits:
         now = latest.get(hit["doc_id"])
         if now is None or now["is_deleted"]:
             status = "document deleted"
-        elif now["doc_version"] != hit["doc_version"]:
-            status = f"superseded by version {now['doc_version']}"
-        else:
+        elif now["doc_version"] == hit["doc_version"]:
             status = "current"
+        elif now["content_sha256"] == sha.get((hit["doc_id"], hit["doc_version"])):
+            status = f"current (version {now['doc_version']} has the same text)"
+        else:
+            status = f"superseded by version {now['doc_version']}"
+        current = status.startswith("current")
         report.append(
-            {**hit, "text": texts.get(hit["chunk_id"]), "still_current": status == "current",
-             "status": status}
-        )  # fmt: skip
+            {**hit, "text": texts.get(hit["chunk_id"]), "still_current": current, "status": status}
+        )
     trace_fields = {k: v for k, v in trace.items() if k != "hits"}
     return TraceReport(trace=trace_fields, hits=report, index_retained=table is not None)

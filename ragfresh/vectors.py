@@ -146,6 +146,7 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
 
     needed = [] if model_changed else upserts["text_sha256"].unique().to_list()
     vectors = _reusable_vectors(table, model_id, needed)
+    reused = upserts.filter(pl.col("text_sha256").is_in(list(vectors))).height
     to_embed = upserts.filter(~pl.col("text_sha256").is_in(list(vectors))).unique("text_sha256")
     started = time.perf_counter()
     if not to_embed.is_empty():
@@ -166,7 +167,7 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
     _compact(settings, table)
     return SyncResult(
         embedded=to_embed.height,
-        reused=upserts.height - to_embed.height,
+        reused=reused,
         deleted=len(gone),
         rows=table.count_rows(),
         table_version=table.version,

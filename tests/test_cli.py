@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import dagster as dg
+import polars as pl
+from deltalake import write_deltalake
 
 
 def ragfresh(settings, *args):
@@ -85,3 +87,22 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     assert "0 of 2 hits no longer current" in trace.stdout
     missing = ragfresh(small_settings, "trace", "nope")
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr
+
+
+def test_a_failed_blocking_check_exits_1_with_the_summary(small_settings):
+    assert ragfresh(small_settings, "run").returncode == 0
+    uri = small_settings.table_uri("policy_documents")
+    bad = pl.read_delta(uri).head(1).with_columns(classification=pl.lit("secret"))
+    write_deltalake(uri, bad.to_arrow(), mode="append")
+    done = ragfresh(small_settings, "run", "--json")
+    assert done.returncode == 1, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["checks"] == {"policy_documents:expectations": False}
+    assert "vectors" in summary and summary["vectors"]["embedded"] == 0
+
+
+def test_bad_search_arguments_exit_2(small_settings, tmp_path):
+    missing = ragfresh(small_settings, "search", "--questions", str(tmp_path / "none.txt"))
+    assert missing.returncode == 2 and "cannot read --questions" in missing.stderr
+    zero = ragfresh(small_settings, "search", "fees", "-k", "0")
+    assert zero.returncode == 2 and "must be at least 1" in zero.stderr

@@ -109,8 +109,16 @@ def test_broken_owners_file_keeps_every_documents_governance(settings, corpus):
     errors = pl.read_delta(settings.table_uri(INGEST_ERRORS.name))
     assert set(errors["path"]) == {"OWNERS"}
     assert all("unknown classification 'secret'" in r for r in errors["reason"])
+    sanctions = corpus / "compliance" / "anti-money-laundering.md"  # confidential by OWNERS
+    sanctions.write_text(sanctions.read_text() + "\nReviewed again this quarter.\n")
     owners.write_bytes(b"\xff\xfe not utf-8")
-    assert ingest_documents(settings, run_id="r3").changed == 0
+    edited = ingest_documents(settings, run_id="r3")
+    assert edited.changed == 1
+    row = read_documents(settings).filter(pl.col("doc_id") == "compliance/anti-money-laundering.md")
+    assert (row["owners"][0].to_list(), row["classification"][0]) == (
+        ["team:compliance"],
+        "confidential",
+    )
 
 
 def test_empty_policies_folder_refuses_to_tombstone_everything(settings, corpus):

@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 
@@ -46,3 +47,19 @@ def test_vectors_come_back_in_input_order(embedder):
     backward = embedder.encode(texts[::-1])
     assert np.allclose(forward, backward[::-1], atol=1e-5)
     assert np.allclose(forward[1], embedder.encode([texts[1]])[0], atol=1e-5)
+
+
+def test_output_size_follows_a_dense_layer(tmp_path):
+    packaged = Embedder()
+    copy = tmp_path / "model"
+    shutil.copytree(packaged.path, copy, ignore=shutil.ignore_patterns("model.safetensors"))
+    modules = json.loads((copy / "modules.json").read_text())
+    modules.append(
+        {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    )
+    (copy / "modules.json").write_text(json.dumps(modules))
+    (copy / "3_Dense").mkdir()
+    (copy / "3_Dense" / "config.json").write_text(
+        json.dumps({"in_features": 384, "out_features": 128})
+    )
+    assert packaged.dimensions == 384 and Embedder(copy).dimensions == 128

@@ -16,6 +16,8 @@ def test_markdown_front_matter_title_and_body():
 
 def test_markdown_title_falls_back_to_first_heading_then_file_name():
     assert parse_document("x.md", b"# Leave Policy\n\nbody").title == "Leave Policy"
+    assert parse_document("x.md", b"## Using C# ##\n\nbody").title == "Using C#"
+    assert parse_document("x.md", b"#\n\nIntro text").title == "x"
     assert parse_document("sick-leave.txt", b"just text").title == "sick leave"
 
 

@@ -6,6 +6,7 @@ from ragfresh.pipeline import refresh
 from ragfresh.search import IndexNotBuiltError, ModelMismatchError, search, search_many
 from ragfresh.tables import RETRIEVAL_TRACES
 from ragfresh.traces import TraceNotFoundError, explain_trace
+from ragfresh.vectors import open_vectors
 from tests.conftest import HashEmbedder
 
 
@@ -29,10 +30,14 @@ def test_hits_carry_receipts_and_every_search_is_traced(small_settings, embedder
     assert [h["chunk_id"] for h in row["hits"]] == [h.chunk_id for h in result.hits]
 
 
-def test_full_text_half_of_hybrid_finds_exact_terms(small_settings, embedder):
+def test_full_text_half_of_hybrid_finds_exact_terms(small_settings, corpus, embedder):
+    (corpus / "forms.md").write_text("# Forms\n\nFile disputes on form QX7731B only.\n")
     refresh(small_settings, embedder, "build")
-    [result] = search_many(small_settings, embedder, ["OFAC SDN list"], k=5)
-    assert any("OFAC" in h.text for h in result.hits)
+    table = open_vectors(small_settings)
+    fts = table.search("QX7731B", query_type="fts").limit(3).to_polars()
+    assert fts["doc_id"].to_list() == ["forms.md"]
+    [result] = search_many(small_settings, embedder, ["QX7731B"], k=3)
+    assert result.hits[0].doc_id == "forms.md"
 
 
 def test_many_questions_share_one_index_version_and_one_commit(small_settings, embedder):
@@ -73,3 +78,38 @@ def test_trace_reconstructs_a_past_answer_and_flags_superseded_versions(
     assert report.stale_hits == len(overdraft_hits) > 0
     with pytest.raises(TraceNotFoundError):
         explain_trace(small_settings, "no-such-trace")
+
+
+def test_trace_tells_a_governance_version_from_a_text_change(small_settings, corpus, embedder):
+    refresh(small_settings, embedder, "build")
+    old = search(small_settings, embedder, "How are customer complaints handled?", k=5)
+    doc = "compliance/complaints-handling.md"  # owned through OWNERS, not front matter
+    assert any(h.doc_id == doc for h in old.hits)
+    owners = corpus / "OWNERS"
+    owners.write_text(f"{doc} team:complaints\n" + owners.read_text())
+    assert refresh(small_settings, embedder, "new-owner")["vectors"]["embedded"] == 0
+    report = explain_trace(small_settings, old.trace_id)
+    statuses = {h["status"] for h in report.hits if h["doc_id"] == doc}
+    assert statuses == {"current (version 2 has the same text)"}
+    assert report.stale_hits == 0
+
+
+def test_a_trace_whose_index_version_is_gone_says_so(small_settings, embedder):
+    refresh(small_settings, embedder, "build")
+    result = search(small_settings, embedder, "overdraft fee", k=2)
+    uri = small_settings.table_uri(RETRIEVAL_TRACES.name)
+    DeltaTable(uri).update(updates={"index_version": "999"})
+    report = explain_trace(small_settings, result.trace_id)
+    assert not report.index_retained
+    assert all(h["text"] is None for h in report.hits)
+
+
+def test_trace_appends_are_compacted_every_so_often(small_settings, embedder, monkeypatch):
+    from ragfresh import delta_store
+
+    monkeypatch.setattr(delta_store, "COMPACT_EVERY", 2)
+    refresh(small_settings, embedder, "build")
+    for n in range(4):
+        search(small_settings, embedder, f"question {n}")
+    history = DeltaTable(small_settings.table_uri(RETRIEVAL_TRACES.name)).history()
+    assert any(h["operation"] == "OPTIMIZE" for h in history)

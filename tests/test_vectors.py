@@ -13,6 +13,8 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from ragfresh import vectors
+from ragfresh.chunking import Chunker
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
@@ -264,3 +266,49 @@ def test_a_refresh_killed_before_indexing_gets_its_index_on_the_next(small_setti
     table.drop_index("text_idx")
     refresh(small_settings, embedder, "noop")
     assert "FTS" in {i.index_type for i in open_vectors(small_settings).list_indices()}
+
+
+class NoModel(Embedder):
+    """The real model's identity, but loading its weights fails the test."""
+
+    def load(self):
+        raise AssertionError("a refresh with nothing to embed loaded the model")
+
+
+def test_a_noop_refresh_never_loads_the_model(small_settings, embedder):
+    refresh(small_settings, embedder, "build")
+    assert refresh(small_settings, NoModel(), "noop")["vectors"]["embedded"] == 0
+
+
+def test_fragments_are_compacted_once_they_pile_up(small_settings, corpus, embedder, monkeypatch):
+    monkeypatch.setattr(vectors, "OPTIMIZE_FRAGMENTS", 3)
+    refresh(small_settings, embedder, "build")
+    for n in range(3):
+        (corpus / f"note-{n}.md").write_text(f"# Note {n}\n\nTemporary note number {n}.\n")
+        refresh(small_settings, embedder, f"add-{n}")
+    stats = open_vectors(small_settings).stats()["fragment_stats"]
+    assert stats["num_fragments"] < 3
+    assert reconcile(small_settings, embedder.model_id) == ZERO
+
+
+def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
+    small_settings, corpus, embedder, monkeypatch
+):
+    refresh(small_settings, embedder, "build")
+    before = read_chunks(small_settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
+    real_chunk = Chunker.chunk
+
+    def chunk(self, doc_id, text, spans, action):
+        if doc_id == "retail/overdraft-fees.md":
+            raise RuntimeError("tokenizer exploded")
+        return real_chunk(self, doc_id, text, spans, action)
+
+    monkeypatch.setattr(Chunker, "chunk", chunk)
+    for name in ("retail/overdraft-fees.md", "hr/annual-leave.md"):
+        path = corpus / name
+        path.write_text(path.read_text() + "\nA new closing line.\n")
+    result = refresh(small_settings, embedder, "edit")["chunks"]
+    assert result["documents_rechunked"] == 1
+    assert result["failed"] == [("retail/overdraft-fees.md", "RuntimeError: tokenizer exploded")]
+    after = read_chunks(small_settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
+    assert after["chunk_id"].to_list() == before["chunk_id"].to_list()
