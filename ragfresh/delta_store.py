@@ -64,10 +64,10 @@ def read_table(
     uri: str, schema: pa.Schema, columns: list[str] | None = None, where: pl.Expr | None = None
 ) -> pl.DataFrame:
     """Rows (filtered and projected in the scan) as polars; empty with the schema if no table."""
-    if open_table(uri) is None:
-        frame = pl.from_arrow(schema.empty_table()).lazy()
-    else:
-        frame = pl.scan_delta(uri)
+    delta = open_table(uri)  # scanned as opened: the log is read once
+    frame = (
+        pl.scan_delta(delta) if delta is not None else pl.from_arrow(schema.empty_table()).lazy()
+    )
     if where is not None:
         frame = frame.filter(where)
     return (frame.select(columns) if columns else frame).collect()
