@@ -7,7 +7,7 @@ from ragfresh.tables import RETRIEVAL_TRACES
 
 retrieval_traces = dg.AssetSpec(
     RETRIEVAL_TRACES.name,
-    deps=["policy_vectors"],
+    deps=["served_index"],
     description=RETRIEVAL_TRACES.description + " Written by `ragfresh search` and `search()`.",
     **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets import chunks, documents, traces, vectors
+from assets import chunks, documents, evaluation, serving, traces, vectors
 from orchestration.expectations import expectation_checks
 from orchestration.jobs import refresh_policies
 from orchestration.resources import EmbedderResource, RagfreshResource
@@ -12,6 +12,8 @@ defs = dg.Definitions(
         documents.policy_documents,
         chunks.policy_chunks,
         vectors.policy_vectors,
+        evaluation.regression_eval,
+        serving.served_index,
         traces.retrieval_traces,
     ],
     asset_checks=expectation_checks(),

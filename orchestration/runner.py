@@ -38,14 +38,21 @@ def prepare_instance(settings: Settings) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def export_settings(settings: Settings) -> None:
+    """Hand the resolved locations to the code location, which reads them from the
+    environment (in this process, or in the `dagster dev` processes started from it)."""
+    os.environ["RAGFRESH_HOME"] = str(settings.home)
+    os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
+    os.environ["RAGFRESH_GOLDEN_CASES"] = str(settings.golden_cases or "none")
+
+
 def _value(entry: Any) -> Any:
     return getattr(entry, "value", entry)
 
 
 def run_refresh(settings: Settings) -> dict[str, Any]:
     """Materialize every asset once, recorded in the instance the UI reads; return metadata."""
-    os.environ["RAGFRESH_HOME"] = str(settings.home)
-    os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
+    export_settings(settings)
     instance = prepare_instance(settings)
     from orchestration.definitions import defs
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
@@ -10,9 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
+from ragfresh.evaluation import evaluate
+from ragfresh.releases import read_releases, release_status, rollback
 from ragfresh.search import search_many
 from ragfresh.status import index_status
 from ragfresh.traces import explain_trace
@@ -20,6 +25,7 @@ from ragfresh.traces import explain_trace
 DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
 CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
 VECTOR_COUNTS = ("embedded", "reused", "deleted")
+GOLDEN_HELP = "golden cases file (default: $RAGFRESH_GOLDEN_CASES or evals/golden_cases.csv)"
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -42,6 +48,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         "chunks": {k: chunks.get(k, 0) for k in CHUNK_COUNTS},
         "vectors": {k: vectors.get(k, 0) for k in VECTOR_COUNTS}
         | {"rows": vectors.get("dagster/row_count"), "index_version": vectors.get("table_version")},
+        "eval": materialized.get("regression_eval", {}).get("summary"),
+        "release": _release_summary(settings, materialized.get("served_index")),
         "checks": materialized["checks"],
     }
     status = 0 if all(summary["checks"].values()) else 1
@@ -61,9 +69,101 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  quarantined {error['path']}: {error['reason']}")
     for reason in summary["owners_file_errors"]:
         print(f"  {reason} (owners and classification kept as they were)")
+    _print_eval(summary["eval"])
+    release = summary["release"]
+    print(f"  release: {release['message']}")
     for check, passed in summary["checks"].items():
         print(f"  check {check}: {'passed' if passed else 'FAILED (later stages skipped)'}")
     return status
+
+
+def _release_summary(settings: Settings, served: dict[str, Any] | None) -> dict[str, Any]:
+    """`published` and `candidate` after a run; the served release stays when it was skipped."""
+    status = release_status(settings)
+    latest = (status["latest"] or {}).get("release")
+    served_now = (status["published"] or {}).get("release")
+    if served is None:  # the gate failed: the publishing step did not run
+        message = f"candidate {latest} not published; release {served_now} keeps serving"
+    else:
+        message = served["message"]
+    return {
+        "published": bool(served and served["published"]),
+        "candidate": latest,
+        "served": served_now,
+        "message": message,
+    }
+
+
+def _print_eval(evaluation: dict[str, Any] | None) -> None:
+    if evaluation is None:
+        return
+    if evaluation["verdict"] == "unevaluated":
+        print("  eval: UNEVALUATED - no golden case applies to these policies: nothing gates "
+              "this release (set RAGFRESH_GOLDEN_CASES or --golden)")  # fmt: skip
+    else:
+        reused = " (already evaluated)" if evaluation["reused"] else ""
+        print(
+            f"  eval: {evaluation['verdict']}{reused}, {evaluation['cases']} cases: hit@5 "
+            f"{evaluation['hit_at_5']}, MRR {evaluation['mrr']}, evidence recall@5 "
+            f"{evaluation['evidence_recall_at_5']}; affected {len(evaluation['affected'])}, "
+            f"newly failing {len(evaluation['newly_failing'])}"
+        )
+    for case in evaluation["needs_review"]:
+        print(f"  needs review (policy changed or evidence moved): {case}")
+    for reason in evaluation["reasons"]:
+        print(f"  blocking: {reason}")
+    for line in evaluation["skipped"]:
+        print(f"  not evaluated: {line}")
+
+
+def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    evaluation = evaluate(settings, Embedder(), run_id="cli:eval")
+    if evaluation is None:
+        raise RagfreshError(f"no vector index under {settings.vectors_uri}: run a refresh")
+    summary = evaluation.summary()
+    if args.json:
+        print(json.dumps({**summary, "metrics": evaluation.run["metrics"],
+                          "changes": evaluation.changes}, default=str))  # fmt: skip
+    else:
+        print(f"evaluation {summary['eval_run_id']} of candidate {summary['candidate']} "
+              "(not published)")  # fmt: skip
+        _print_eval(summary)
+        for row in evaluation.cases.filter(pl.col("status") != "pass").iter_rows(named=True):
+            print(f"  {row['status']} {row['case_id']}: {'; '.join(row['failures'])}")
+    return 1 if summary["verdict"] == "blocked" else 0
+
+
+def _releases(settings: Settings, args: argparse.Namespace) -> int:
+    releases = read_releases(settings)
+    served = release_status(settings)["published"]
+    served_id = served and served["release"]
+    rows = [
+        {**r, "served": r["release"] == served_id}
+        for r in releases.sort("release", descending=True).iter_rows(named=True)
+    ]
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    if not rows:
+        print("no release evaluated yet: run a refresh")
+    for r in rows:
+        mark = "*" if r["served"] else " "
+        published = r["published_at"].isoformat(timespec="seconds") if r["published_at"] else "-"
+        print(f"{mark} release {r['release']}  {r['verdict']:<11} published {published}  "
+              f"model {r['model_id']}  eval {r['eval_run_id']}")  # fmt: skip
+        for reason in r["reasons"]:
+            print(f"      blocked: {reason}")
+    return 0
+
+
+def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    result = rollback(settings, args.to, actor=args.actor, reason=args.reason)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"now serving release {result['release']} (was {result['previous_release']}), "
+          f"by {result['actor']}: {result['reason']}")  # fmt: skip
+    return 0
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
@@ -81,8 +181,8 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result.to_dict()))
             continue
-        print(f"{result.question}\n  trace {result.trace_id}, index version "
-              f"{result.index_version}, {result.latency_ms:.0f} ms")  # fmt: skip
+        print(f"{result.question}\n  trace {result.trace_id}, release {result.release}, "
+              f"confidence {result.confidence:.2f}, {result.latency_ms:.0f} ms")  # fmt: skip
         for rank, hit in enumerate(result.hits, start=1):
             print(f"  {rank}. {hit.doc_id} v{hit.doc_version} [{hit.heading}] "
                   f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip
@@ -108,23 +208,25 @@ def _trace(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    status = index_status(settings, Embedder())
+    status = index_status(settings, Embedder()) | release_status(settings)
     if args.json:
         print(json.dumps(status))
     else:
         for key, value in status.items():
             print(f"{key}: {value}")
+        published = status["published"]
+        if published and published["verdict"] == "unevaluated":
+            print("note: the served release is UNEVALUATED: no golden case gates it")
     lagging = status["documents_not_chunked"] + status["chunks_over_token_limit"]
     healthy = not lagging and not any(status["reconciliation"].values())
-    return 0 if healthy else 1
+    return 0 if healthy and not status["waiting"] else 1
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
-    from orchestration.runner import prepare_instance
+    from orchestration.runner import export_settings, prepare_instance
 
     prepare_instance(settings)
-    os.environ["RAGFRESH_HOME"] = str(settings.home)
-    os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
+    export_settings(settings)
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     print(f"Dagster UI for {settings.policies}, instance {settings.dagster_home}", file=sys.stderr)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *args.dagster_args]
@@ -148,7 +250,23 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="materialize the whole asset graph and print a summary")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    run.add_argument("--golden", help=GOLDEN_HELP)
     run.set_defaults(handler=_run)
+    evaluation = commands.add_parser(
+        "eval", help="evaluate the newest index with the golden cases, without publishing"
+    )
+    evaluation.add_argument("--golden", help=GOLDEN_HELP)
+    evaluation.add_argument("--json", action="store_true")
+    evaluation.set_defaults(handler=_eval)
+    releases = commands.add_parser("releases", help="list releases and their verdicts")
+    releases.add_argument("--json", action="store_true")
+    releases.set_defaults(handler=_releases)
+    back = commands.add_parser("rollback", help="serve an earlier release again")
+    back.add_argument("--to", type=int, help="release id (default: the one served before)")
+    back.add_argument("--reason", default="rollback from the command line", help="recorded")
+    back.add_argument("--actor", default=getpass.getuser(), help="recorded (default: you)")
+    back.add_argument("--json", action="store_true")
+    back.set_defaults(handler=_rollback)
     search = commands.add_parser("search", help="hybrid search with a receipt per hit")
     search.add_argument("question", nargs="?", help="the question")
     search.add_argument("-k", type=_positive, default=5, help="hits per question (default 5)")
@@ -180,7 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ours.addHandler(handler)
     ours.setLevel(logging.INFO)
     try:
-        settings = Settings.load(home=args.home, policies=args.policies)
+        settings = Settings.load(
+            home=args.home, policies=args.policies, golden=getattr(args, "golden", None)
+        )
         return args.handler(settings, args)
     except RagfreshError as exc:
         print(f"ragfresh: error: {exc}", file=sys.stderr)

@@ -37,6 +37,44 @@ def _int_setting(name: str, default: int, minimum: int, why: str) -> int:
     return value
 
 
+def _fraction_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={value} is not between 0 and 1")
+    return value
+
+
+DEFAULT_GOLDEN = Path("evals") / "golden_cases.csv"
+
+
+def _golden_path(golden: str | Path | None) -> Path | None:
+    """The golden cases file: given, else `RAGFRESH_GOLDEN_CASES`, else `evals/golden_cases.csv`
+    if it exists. A file that was named but is missing is an error, not a silent skip."""
+    named = golden or os.environ.get("RAGFRESH_GOLDEN_CASES")
+    if named == "none":
+        return None
+    if named:
+        path = Path(named).resolve()
+        if not path.is_file():
+            raise ConfigError(f"golden cases file not found: {path}")
+        return path
+    return DEFAULT_GOLDEN.resolve() if DEFAULT_GOLDEN.is_file() else None
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What a candidate index must meet to be published (see the README for the reasoning)."""
+
+    min_hit_at_5: float = 0.85
+    min_evidence_recall_at_5: float = 0.7
+    max_hit_at_5_drop: float = 0.02
+    escalation_threshold: float = 0.3
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration of one ragfresh deployment."""
@@ -48,6 +86,10 @@ class Settings:
     pii_rules: dict[str, str] = field(default_factory=dict)
     vector_index_min_rows: int = 10_000
     version_retention_days: int = 90
+    golden_cases: Path | None = None
+    gate: Gate = field(default_factory=Gate)
+    judge_url: str | None = None
+    judge_model: str | None = None
 
     @property
     def dagster_home(self) -> Path:
@@ -64,7 +106,12 @@ class Settings:
         return self.pii_rules.get(classification, "redact")
 
     @classmethod
-    def load(cls, home: str | Path | None = None, policies: str | Path | None = None) -> Settings:
+    def load(
+        cls,
+        home: str | Path | None = None,
+        policies: str | Path | None = None,
+        golden: str | Path | None = None,
+    ) -> Settings:
         """Settings from arguments, else `RAGFRESH_*` environment variables, else defaults."""
         env = os.environ
         home_path = Path(home or env.get("RAGFRESH_HOME") or ".ragfresh").resolve()
@@ -81,4 +128,19 @@ class Settings:
             version_retention_days=_int_setting(
                 "RAGFRESH_VERSION_RETENTION_DAYS", 90, 1, "traces replay old index versions"
             ),
+            golden_cases=_golden_path(golden),
+            gate=Gate(
+                min_hit_at_5=_fraction_setting("RAGFRESH_GATE_MIN_HIT_AT_5", Gate.min_hit_at_5),
+                min_evidence_recall_at_5=_fraction_setting(
+                    "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", Gate.min_evidence_recall_at_5
+                ),
+                max_hit_at_5_drop=_fraction_setting(
+                    "RAGFRESH_GATE_MAX_HIT_AT_5_DROP", Gate.max_hit_at_5_drop
+                ),
+                escalation_threshold=_fraction_setting(
+                    "RAGFRESH_ESCALATION_THRESHOLD", Gate.escalation_threshold
+                ),
+            ),
+            judge_url=env.get("RAGFRESH_JUDGE_URL") or None,
+            judge_model=env.get("RAGFRESH_JUDGE_MODEL") or None,
         )

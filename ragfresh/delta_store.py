@@ -108,6 +108,11 @@ def merge(
     raise AssertionError("unreachable")
 
 
+def upsert(merger: TableMerger) -> TableMerger:
+    """Merge clauses that replace matched rows and insert the others."""
+    return merger.when_matched_update_all().when_not_matched_insert_all()
+
+
 def append(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
     """Append rows in one commit; compact the small files appends leave, now and then."""
     delta = ensure_table(table, uri, run_id)
@@ -115,6 +120,7 @@ def append(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
         delta,
         _arrow(rows, table.schema),
         mode="append",
+        schema_mode="merge",  # a column added in a later release of ragfresh
         commit_properties=commit_properties(run_id, "append"),
     )
     if delta.version() % COMPACT_EVERY == 0:

@@ -8,22 +8,31 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
+import lancedb
+import numpy as np
 import polars as pl
 
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.errors import RagfreshError
+from ragfresh.releases import served_release
 from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
-from ragfresh.vectors import open_vectors, read_vector_rows
+from ragfresh.vectors import METADATA, open_vectors, read_vector_rows
 
 
 class IndexNotBuiltError(RagfreshError):
-    """Search before the first build: there is nothing to serve."""
+    """Search before the first build or the first release: there is nothing to serve."""
 
 
 class ModelMismatchError(RagfreshError):
     """The index was embedded by another model than the one asked to embed the question."""
+
+
+# Reciprocal rank fusion: each retriever's candidates score 1 / (RRF_K + rank), summed.
+RRF_K = 60
+CANDIDATES = 20  # candidates each retriever gives the fusion (at least k)
+COLUMNS = [*METADATA, "model_id", "vector"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,11 @@ class Hit:
     char_start: int
     char_end: int
     owner: list[str]
+    classification: str
     score: float
     model_id: str
     index_version: int
+    release: int | None
     trace_id: str
     text: str
 
@@ -49,6 +60,8 @@ class SearchResult:
     trace_id: str
     question: str
     index_version: int
+    release: int | None
+    confidence: float
     latency_ms: float
     hits: list[Hit]
 
@@ -56,15 +69,58 @@ class SearchResult:
         return asdict(self)
 
 
-def search_many(
-    settings: Settings, embedder: Embedder, questions: list[str], k: int = 5, caller: str = "cli"
-) -> list[SearchResult]:
-    """Answer each question from the same index version; one trace row each, one commit."""
-    if not questions:
-        return []
+def open_index(settings: Settings, version: int | None) -> tuple[lancedb.table.Table, int | None]:
+    """The table pinned at the served release (or at `version`, a candidate) and the release."""
     table = open_vectors(settings)
     if table is None:
         raise IndexNotBuiltError(f"no vector index under {settings.vectors_uri}: run a refresh")
+    release = None
+    if version is None:
+        release = version = served_release(table)
+        if release is None:
+            raise IndexNotBuiltError(
+                f"no release of {settings.vectors_uri} is published yet: run a refresh; "
+                "`ragfresh releases` says why a candidate was not published"
+            )
+    return open_vectors(settings, version=version), release
+
+
+def retrieve(table: lancedb.table.Table, question: str, vector: np.ndarray, k: int) -> list[dict]:
+    """Top k rows by reciprocal rank fusion of vector and full-text (BM25) candidates, each
+    with `_score` (the fusion score) and `_similarity` (cosine of its vector to the question)."""
+    limit = max(k, CANDIDATES)
+    by_vector = table.search(vector, query_type="vector").distance_type("cosine")
+    by_words = table.search(question, query_type="fts")
+    rankings = [  # naming the score columns keeps Lance from warning that it adds them
+        by_vector.select([*COLUMNS, "_distance"]).limit(limit).to_arrow().to_pylist(),
+        by_words.select([*COLUMNS, "_score"]).limit(limit).to_arrow().to_pylist(),
+    ]
+    scores: dict[str, float] = {}
+    rows: dict[str, dict] = {}
+    for ranking in rankings:
+        for rank, row in enumerate(ranking, start=1):
+            scores[row["chunk_id"]] = scores.get(row["chunk_id"], 0.0) + 1 / (RRF_K + rank)
+            rows.setdefault(row["chunk_id"], row)
+    top = sorted(scores, key=lambda chunk: -scores[chunk])[:k]
+    return [
+        rows[c] | {"_score": scores[c], "_similarity": float(np.dot(rows[c]["vector"], vector))}
+        for c in top
+    ]
+
+
+def search_many(
+    settings: Settings,
+    embedder: Embedder,
+    questions: list[str],
+    k: int = 5,
+    caller: str = "cli",
+    version: int | None = None,
+) -> list[SearchResult]:
+    """Answer each question from the served release (or a candidate `version`, for the
+    evaluation); one trace row each, one commit."""
+    if not questions:
+        return []
+    table, release = open_index(settings, version)
     version = table.version
     models = set(read_vector_rows(table, ["model_id"])["model_id"].unique())
     if models - {embedder.model_id}:
@@ -77,7 +133,7 @@ def search_many(
     for question in questions:
         started = time.perf_counter()
         vector = embedder.encode([question])[0]
-        rows = table.search(query_type="hybrid").vector(vector).text(question).limit(k).to_polars()
+        rows = retrieve(table, question, vector, k)
         latency = (time.perf_counter() - started) * 1000
         trace_id = uuid.uuid4().hex
         hits = [
@@ -89,15 +145,20 @@ def search_many(
                 char_start=r["char_start"],
                 char_end=r["char_end"],
                 owner=r["owners"],
-                score=round(float(r["_relevance_score"]), 6),
+                classification=r["classification"],
+                score=round(r["_score"], 6),
                 model_id=r["model_id"],
                 index_version=version,
+                release=release,
                 trace_id=trace_id,
                 text=r["text"],
             )
-            for r in rows.iter_rows(named=True)
+            for r in rows
         ]
-        results.append(SearchResult(trace_id, question, version, round(latency, 2), hits))
+        confidence = round(max((r["_similarity"] for r in rows), default=0.0), 4)
+        results.append(
+            SearchResult(trace_id, question, version, release, confidence, round(latency, 2), hits)
+        )
         traces.append(
             {
                 "trace_id": trace_id,
@@ -119,6 +180,7 @@ def search_many(
                 "model_id": embedder.model_id,
                 "latency_ms": latency,
                 "caller": caller,
+                "release": release,
             }
         )
     frame = pl.DataFrame(traces, schema=empty_frame(RETRIEVAL_TRACES).schema)

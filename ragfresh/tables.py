@@ -91,7 +91,7 @@ POLICY_CHUNKS = TableDef(
     ]),
 )  # fmt: skip
 
-TRACE_HIT = pa.struct([
+HIT = pa.struct([
     ("rank", pa.int64()), ("chunk_id", pa.string()), ("doc_id", pa.string()),
     ("doc_version", pa.int64()), ("score", pa.float64()),
 ])  # fmt: skip
@@ -107,15 +107,133 @@ RETRIEVAL_TRACES = TableDef(
         col("question", pa.string(), "The question as asked", pii="contains"),
         col("question_sha256", pa.string(), "sha256 of the question"),
         col("k", pa.int64(), "Hits requested"),
-        col("hits", pa.list_(TRACE_HIT), "Hits served: rank, chunk, document version, score"),
+        col("hits", pa.list_(HIT), "Hits served: rank, chunk, document version, score"),
         col("index_version", pa.int64(), "LanceDB table version searched"),
         col("model_id", pa.string(), "Model that embedded the question"),
         col("latency_ms", pa.float64(), "Search latency, embedding included"),
         col("caller", pa.string(), "Who searched: cli, an application name"),
+        col("release", pa.int64(), "Release served (its index version); null for a candidate"),
     ]),
 )  # fmt: skip
 
-TABLES = {t.name: t for t in (POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, RETRIEVAL_TRACES)}
+METRICS = pa.struct([
+    ("hit_at_1", pa.float64()), ("hit_at_5", pa.float64()), ("mrr", pa.float64()),
+    ("evidence_recall_at_5", pa.float64()), ("hit_at_5_unaffected", pa.float64()),
+    ("semantic_similarity", pa.float64()), ("judge_groundedness", pa.float64()),
+    ("escalation_accuracy", pa.float64()), ("pass_rate", pa.float64()),
+    ("stale_served", pa.int64()), ("pii_hits", pa.int64()), ("superseded_hits", pa.int64()),
+    ("duplicate_hits", pa.int64()), ("extra_retrievals", pa.int64()),
+    ("latency_p50_ms", pa.float64()), ("latency_p95_ms", pa.float64()),
+])  # fmt: skip
+
+EVAL_RUNS = TableDef(
+    name="eval_runs",
+    description="One row per regression evaluation of a candidate index: metrics and verdict.",
+    owner="team:data-platform",
+    key=("eval_run_id",),
+    schema=pa.schema([
+        col("eval_run_id", pa.string(), "Evaluation run id"),
+        col("evaluated_at", TS, "When the evaluation ran"),
+        col("candidate_version", pa.int64(), "LanceDB version of policy_vectors evaluated"),
+        col("release_before", pa.int64(), "Release served when the evaluation ran"),
+        col("documents_version", pa.int64(), "Delta version of policy_documents evaluated"),
+        col("chunks_version", pa.int64(), "Delta version of policy_chunks evaluated"),
+        col("model_id", pa.string(), "Model that embedded the candidate and the questions"),
+        col("golden_file", pa.string(), "Golden cases file, as configured"),
+        col("golden_sha256", pa.string(), "sha256 of the golden cases file"),
+        col("cases", pa.int64(), "Cases evaluated (those whose source policies exist)"),
+        col("affected", pa.int64(), "Cases whose source policy or previous hits changed"),
+        col("metrics", METRICS, "Run metrics: retrieval, semantic and behavioural"),
+        col("verdict", pa.string(), "passed, blocked or unevaluated (no golden cases apply)"),
+        col("reasons", pa.list_(pa.string()), "Why the candidate is blocked, case by case"),
+        col("skipped", pa.list_(pa.string()), "Cases not evaluated: file, line and reason"),
+        col("judge", pa.string(), "LLM judge model, or 'not configured'"),
+        col("run_id", pa.string(), "Dagster run (or CLI invocation) that evaluated"),
+    ]),
+)  # fmt: skip
+
+SOURCE = pa.struct([("doc_id", pa.string()), ("doc_version", pa.int64())])
+
+EVAL_CASE_RESULTS = TableDef(
+    name="eval_case_results",
+    description="One row per golden case per evaluation: hits, each check's outcome, status.",
+    owner="team:data-platform",
+    key=("eval_run_id", "case_id"),
+    schema=pa.schema([
+        col("eval_run_id", pa.string(), "Evaluation run id"),
+        col("case_id", pa.string(), "Golden case id"),
+        col("case_type", pa.string(), "fact, paraphrase, multi_policy, ambiguous, out_of_scope"),
+        col("risk_category", pa.string(), "low, medium or high"),
+        col("must_escalate", pa.bool_(), "The corpus cannot answer: a human must"),
+        col("sources", pa.list_(SOURCE), "Source policies and their versions when evaluated"),
+        col("affected", pa.bool_(), "Its source policy or its previous hits changed"),
+        col("affected_reason", pa.string(), "What changed, when affected"),
+        col("hits", pa.list_(HIT), "Top 10 hits with document versions and scores"),
+        col("hit_at_1", pa.bool_(), "A source policy is the first hit"),
+        col("hit_at_5", pa.bool_(), "A source policy is in the top 5"),
+        col("reciprocal_rank", pa.float64(), "1 / rank of the first source hit in the top 10"),
+        col("evidence_at_5", pa.bool_(), "expected_evidence is in a top-5 hit"),
+        col("stale_served", pa.bool_(), "stale_evidence is in a top-10 hit"),
+        col("superseded_hits", pa.int64(), "Hits from a document version no longer current"),
+        col("pii_hits", pa.int64(), "Hits with raw PII their classification does not allow"),
+        col("duplicate_hits", pa.int64(), "Chunks served twice in the top 10"),
+        col("retrievals", pa.int64(), "Retrieval calls traced for the case (must be 1)"),
+        col("similarity", pa.float64(), "Cosine of expected_answer to the best top-5 text"),
+        col("judge_score", pa.float64(), "LLM judge groundedness, null when not configured"),
+        col("confidence", pa.float64(), "Best hit's cosine to the question"),
+        col("escalated", pa.bool_(), "confidence under the escalation threshold"),
+        col("passed", pa.bool_(), "Every check of the case passed"),
+        col("status", pa.string(), "pass, fail or needs_review (evidence or source moved)"),
+        col("failures", pa.list_(pa.string()), "What failed, in words"),
+        col("expected_evidence", pa.string(), "The golden file's evidence phrase"),
+        col("served_evidence", pa.string(), "Best source hit's text as served (redacted)",
+            pii="redacted"),
+        col("trace_id", pa.string(), "Trace of the case's retrieval in retrieval_traces"),
+    ]),
+)  # fmt: skip
+
+RELEASES = TableDef(
+    name="releases",
+    description="Evaluated candidate indexes; a published one is what search serves.",
+    owner="team:data-platform",
+    key=("release",),
+    schema=pa.schema([
+        col("release", pa.int64(), "Release id: the LanceDB version of policy_vectors"),
+        col("created_at", TS, "When the candidate was evaluated"),
+        col("published_at", TS, "When it was first published; null if never"),
+        col("documents_version", pa.int64(), "Delta version of policy_documents"),
+        col("chunks_version", pa.int64(), "Delta version of policy_chunks"),
+        col("model_id", pa.string(), "Model of its vectors"),
+        col("golden_sha256", pa.string(), "Golden cases file it was evaluated with"),
+        col("eval_run_id", pa.string(), "Evaluation that decided its verdict"),
+        col("verdict", pa.string(), "passed, blocked or unevaluated"),
+        col("reasons", pa.list_(pa.string()), "Why it was blocked"),
+    ]),
+)  # fmt: skip
+
+RELEASE_AUDIT = TableDef(
+    name="release_audit",
+    description="Every change of the served release: publish and rollback, by whom and why.",
+    owner="team:data-platform",
+    key=("event_id",),
+    schema=pa.schema([
+        col("event_id", pa.string(), "Event id"),
+        col("at", TS, "When the served release changed"),
+        col("action", pa.string(), "publish or rollback"),
+        col("release", pa.int64(), "Release served from then on"),
+        col("previous_release", pa.int64(), "Release served before; null for the first"),
+        col("actor", pa.string(), "Who: a user name, or the run that published"),
+        col("reason", pa.string(), "Why"),
+    ]),
+)  # fmt: skip
+
+TABLES = {
+    t.name: t
+    for t in (
+        POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, RETRIEVAL_TRACES,
+        EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT,
+    )
+}  # fmt: skip
 
 
 def empty_frame(table: TableDef) -> pl.DataFrame:

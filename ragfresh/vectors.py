@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -115,10 +117,17 @@ def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, Embedd
     return dict(zip(found["text_sha256"].to_pylist(), pairs, strict=True))
 
 
-def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
-    """Bring the vector table in line with current chunks, under the single-writer lock."""
+@contextmanager
+def writer_lock(settings: Settings) -> Iterator[None]:
+    """The single writer of the vector table and its tags, on this machine."""
     settings.locks.mkdir(parents=True, exist_ok=True)
     with FileLock(settings.locks / f"{VECTORS}.lock"):
+        yield
+
+
+def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
+    """Bring the vector table in line with current chunks, under the single-writer lock."""
+    with writer_lock(settings):
         return _sync(settings, embedder)
 
 
@@ -231,8 +240,18 @@ def _ensure_indexes(settings: Settings, table: lancedb.table.Table) -> None:
 
 
 def _compact(settings: Settings, table: lancedb.table.Table) -> None:
-    """Compact and fold new rows into the indexes once small fragments pile up."""
+    """Compact and fold new rows into the indexes once small fragments pile up, and remove
+    versions past retention. Tagged versions (releases) are kept: LanceDB's own `optimize`
+    refuses to run once a tagged version is old, so this goes through the Lance dataset."""
     fragments = table.stats()["fragment_stats"]["num_fragments"]
-    if fragments >= OPTIMIZE_FRAGMENTS:
-        log.info("optimizing %s: %d fragments", VECTORS, fragments)
-        table.optimize(cleanup_older_than=timedelta(days=settings.version_retention_days))
+    if fragments < OPTIMIZE_FRAGMENTS:
+        return
+    log.info("optimizing %s: %d fragments", VECTORS, fragments)
+    dataset = table.to_lance()
+    dataset.optimize.compact_files()
+    dataset.optimize.optimize_indices()
+    dataset.cleanup_old_versions(
+        older_than=timedelta(days=settings.version_retention_days),
+        error_if_tagged_old_versions=False,
+    )
+    table.checkout_latest()

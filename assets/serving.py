@@ -1,0 +1,37 @@
+"""Serving stage: publish the evaluated candidate as the release search serves."""
+
+import dagster as dg
+
+from orchestration.resources import RagfreshResource
+from ragfresh.releases import SERVED, publish_candidate, release_status
+from ragfresh.tables import RELEASES
+
+
+@dg.asset(
+    deps=["regression_eval"],
+    group_name="serving",
+    owners=[RELEASES.owner],
+    kinds={"lancedb", "deltalake"},
+    tags={"pii": "redacted", "layer": "serving"},
+    pool="lancedb_writer",
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def served_index(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
+    """Point the `served` tag at the candidate that passed its evaluation (or that no golden
+    case applies to); record who and why. Runs only when `release_gate` passed."""
+    settings = ragfresh.settings()
+    result = publish_candidate(settings, actor=f"run:{context.run.run_id}")
+    context.log.info("served_index: %s", result.message)
+    status = release_status(settings)
+    published = status["published"] or {}
+    return dg.MaterializeResult(
+        metadata={
+            "published": result.published,
+            "release": result.release,
+            "verdict": published.get("verdict"),
+            "message": result.message,
+            "tag": SERVED,
+            "release_status": dg.MetadataValue.json(status),
+            "dagster/uri": settings.vectors_uri,
+        }
+    )
