@@ -142,7 +142,8 @@ def _affected(case: GoldenCase, reference: dict[str, Any] | None, corpus: _Corpu
 
 def _applicable(golden: GoldenSet, corpus: _Corpus, settings: Settings):
     """Cases whose source policies are documents of this corpus (current or deleted), and a
-    `file:line: reason` for each that is not. Out-of-scope cases apply only alongside others."""
+    `file:line: reason` for each that is not. Out-of-scope cases apply only alongside others:
+    a golden file none of whose sources are here does not apply at all."""
     cases, skipped = [], []
     for case in golden.cases:
         unknown = [doc for doc in case.source_policy if doc not in corpus.current]
@@ -154,7 +155,10 @@ def _applicable(golden: GoldenSet, corpus: _Corpus, settings: Settings):
         else:
             cases.append(case)
     if not any(c.source_policy for c in cases):
-        return [], skipped
+        return [], [
+            f"{golden.path}: none of its {len(golden.cases)} cases has its source policies in "
+            f"{settings.policies}: nothing gates this release"
+        ]
     return cases, skipped
 
 
@@ -366,7 +370,7 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
         traces.setdefault(row["question"], []).append(row)
         latencies.append(row["latency_ms"])
     chunk_ids = sorted({h.chunk_id for r in results for h in r.hits})
-    answered = [c for c in cases if c.expected_answer]
+    answered = [c for c in cases if c.expected_answer and not c.must_escalate]
     encoded = embedder.encode([c.expected_answer for c in answered]) if answered else []
     judged, judge = _judge(settings, cases, results)
     context = {

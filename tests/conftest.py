@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "policies"
 SHARED = REPO.parent / "shared"
 HANDBOOK = SHARED / "corpora" / "18f-handbook"
+BUNDLED_GOLDEN = REPO / "evals" / "golden_cases.csv"
+HANDBOOK_GOLDEN = REPO / "evals" / "18f_golden_cases.csv"
 
 
 @pytest.fixture
@@ -26,12 +32,20 @@ def corpus(tmp_path: Path) -> Path:
     return target
 
 
+ENVIRONMENT = (
+    "RAGFRESH_LAKE_URI", "RAGFRESH_VECTORS_URI", "RAGFRESH_PII_RULES", "RAGFRESH_JUDGE_URL",
+    "RAGFRESH_JUDGE_MODEL", "RAGFRESH_ESCALATION_THRESHOLD", "RAGFRESH_GATE_MIN_HIT_AT_5",
+    "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", "RAGFRESH_GATE_MAX_HIT_AT_5_DROP",
+)  # fmt: skip
+
+
 @pytest.fixture
 def settings(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings whose home and policies live in the test's own temporary folder."""
     monkeypatch.setenv("RAGFRESH_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RAGFRESH_POLICIES", str(corpus))
-    for name in ("RAGFRESH_LAKE_URI", "RAGFRESH_VECTORS_URI", "RAGFRESH_PII_RULES"):
+    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(BUNDLED_GOLDEN))
+    for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     return Settings.load()
 
@@ -83,3 +97,44 @@ def small_settings(settings: Settings, corpus: Path) -> Settings:
     """Settings over five bundled policies that carry planted PII and several classifications."""
     keep_only(corpus, SMALL)
     return settings
+
+
+class ChatServer:
+    """Speaks `POST /v1/chat/completions`; replies with `reply` (a string) or fails with
+    `status`; keeps the requests it received."""
+
+    def __init__(self) -> None:
+        self.reply = '{"score": 0.9, "reason": "supported"}'
+        self.status = 200
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append(
+                    {"path": self.path, "auth": self.headers.get("Authorization"), **body}
+                )
+                payload = {"choices": [{"message": {"role": "assistant", "content": server.reply}}]}
+                data = json.dumps(payload if server.status == 200 else {"error": "down"}).encode()
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+@pytest.fixture
+def chat_server() -> Iterator[ChatServer]:
+    server = ChatServer()
+    thread = threading.Thread(target=server.httpd.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
