@@ -17,6 +17,7 @@ from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
 from ragfresh.evaluation import evaluate
+from ragfresh.golden import load_golden
 from ragfresh.releases import read_releases, release_status, rollback
 from ragfresh.search import search_many
 from ragfresh.status import index_status
@@ -34,6 +35,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     if not settings.policies.is_dir():  # say so before a Dagster run fails on it
         raise PoliciesNotFoundError(f"policies folder not found: {settings.policies}")
+    if settings.golden_cases:
+        load_golden(settings.golden_cases)  # a malformed file is named before the run starts
     materialized = run_refresh(settings)
     docs = materialized.get("policy_documents", {})
     chunks = materialized.get("policy_chunks", {})

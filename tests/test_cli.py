@@ -61,14 +61,22 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     assert set(built["checks"]) == {
         "policy_documents:expectations", "policy_chunks:chunks_current",
         "policy_chunks:expectations", "policy_vectors:vectors_reconcile",
+        "regression_eval:release_gate",
     }  # fmt: skip
     assert all(built["checks"].values())
+    assert built["eval"]["verdict"] == "passed" and built["eval"]["cases"] > 0
+    assert (
+        built["release"]["published"]
+        and built["release"]["candidate"] == built["release"]["served"]
+    )
 
     status = ragfresh(small_settings, "status", "--json")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)
     assert counts["documents"] == 5 and counts["vectors"] == counts["chunks"]
     assert set(counts["reconciliation"].values()) == {0}
+    assert counts["published"]["release"] == built["release"]["served"]
+    assert counts["published"]["verdict"] == "passed" and counts["waiting"] is None
 
     questions = tmp_path / "questions.txt"
     questions.write_text("What is the overdraft item fee?\n\nHow do I dispute a card charge?\n")
@@ -79,8 +87,9 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     hit = answers[0]["hits"][0]
     assert set(hit) == {
         "doc_id", "doc_version", "chunk_id", "heading", "char_start", "char_end", "owner",
-        "score", "model_id", "index_version", "trace_id", "text",
+        "classification", "score", "model_id", "index_version", "release", "trace_id", "text",
     }  # fmt: skip
+    assert hit["release"] == built["release"]["served"]
 
     trace = ragfresh(small_settings, "trace", answers[0]["trace_id"])
     assert trace.returncode == 0, trace.stderr
@@ -99,6 +108,7 @@ def test_a_failed_blocking_check_exits_1_with_the_summary(small_settings):
     summary = json.loads(done.stdout)
     assert summary["checks"] == {"policy_documents:expectations": False}
     assert "vectors" in summary and summary["vectors"]["embedded"] == 0
+    assert summary["release"]["published"] is False and summary["eval"] is None
 
 
 def test_bad_search_arguments_exit_2(small_settings, tmp_path):
@@ -106,3 +116,48 @@ def test_bad_search_arguments_exit_2(small_settings, tmp_path):
     assert missing.returncode == 2 and "cannot read --questions" in missing.stderr
     zero = ragfresh(small_settings, "search", "fees", "-k", "0")
     assert zero.returncode == 2 and "must be at least 1" in zero.stderr
+
+
+def test_eval_releases_and_rollback_from_the_command_line(small_settings, tmp_path):
+    assert ragfresh(small_settings, "run").returncode == 0
+    path = small_settings.policies / "retail" / "overdraft-fees.md"
+    path.write_text(path.read_text().replace("$29 per item", "$32 per item"))
+    edited = ragfresh(small_settings, "run")
+    assert edited.returncode == 0, edited.stderr
+    assert "release: published release" in edited.stdout
+
+    evaluated = ragfresh(small_settings, "eval", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["reused"] is True  # nothing changed since the run
+
+    listed = json.loads(ragfresh(small_settings, "releases", "--json").stdout)
+    assert [r["served"] for r in listed] == [True, False]
+    back = ragfresh(small_settings, "rollback", "--reason", "not approved", "--json")
+    assert back.returncode == 0, back.stderr
+    done = json.loads(back.stdout)
+    assert done["release"] == listed[1]["release"] and done["reason"] == "not approved"
+    status = json.loads(ragfresh(small_settings, "status", "--json").stdout)
+    assert status["published"]["release"] == listed[1]["release"]
+    assert status["waiting"]["why"] == "rolled back"
+    again = ragfresh(small_settings, "rollback", "--to", "999")
+    assert again.returncode == 2 and "release 999 was never published" in again.stderr
+
+
+def test_a_malformed_golden_file_stops_run_and_eval_with_its_line(small_settings, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("case_id,user_question\nx,Why?\n")
+    for command in ("run", "eval"):
+        done = ragfresh(small_settings, command, "--golden", str(bad))
+        assert done.returncode == 2, done.stderr
+        assert f"{bad}:1: missing columns" in done.stderr
+
+
+def test_an_unevaluated_release_says_so(settings, corpus):
+    other = corpus.parent / "own"
+    other.mkdir()
+    (other / "handbook.md").write_text("# Handbook\n\nDesks are cleared every Friday.\n")
+    done = ragfresh(settings, "--policies", str(other), "run")
+    assert done.returncode == 0, done.stderr
+    assert "eval: UNEVALUATED - no golden case applies to these policies" in done.stdout
+    status = ragfresh(settings, "--policies", str(other), "status")
+    assert "the served release is UNEVALUATED" in status.stdout

@@ -1,6 +1,7 @@
 """A snapshot of every asset spec: keys, deps, owners, kinds, tags, groups and automation."""
 
 from orchestration.definitions import defs
+from ragfresh.tables import TABLES
 
 EXPECTED = {
     "policy_documents": {
@@ -23,8 +24,18 @@ EXPECTED = {
         "kinds": ["lancedb", "pytorch"], "tags": {"layer": "gold", "pii": "redacted"},
         "automation": "eager",
     },
+    "regression_eval": {
+        "deps": ["policy_vectors"], "group": "evaluation", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "lancedb"], "tags": {"layer": "quality", "pii": "redacted"},
+        "automation": "eager",
+    },
+    "served_index": {
+        "deps": ["regression_eval"], "group": "serving", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "lancedb"], "tags": {"layer": "serving", "pii": "redacted"},
+        "automation": "eager",
+    },
     "retrieval_traces": {
-        "deps": ["policy_vectors"], "group": "serving", "owners": ["team:data-platform"],
+        "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
         "kinds": ["deltalake"], "tags": {"layer": "audit", "pii": "contains"},
         "automation": None,
     },
@@ -51,14 +62,14 @@ def test_asset_specs_match_the_snapshot():
 def test_every_asset_has_a_description_and_table_assets_a_column_schema():
     for spec in defs.resolve_all_asset_specs():
         assert spec.description, spec.key
-        if spec.key.to_user_string() != "policy_vectors":
+        if spec.key.to_user_string() in TABLES:
             schema = spec.metadata["dagster/column_schema"]
             assert all(c.description and "pii" in c.tags for c in schema.columns)
 
 
 def test_vector_writes_share_one_pool_and_the_checks_block():
-    vectors = defs.resolve_assets_def("policy_vectors")
-    assert vectors.op.pool == "lancedb_writer"
+    for key in ("policy_vectors", "served_index"):  # both write the LanceDB table or its tags
+        assert defs.resolve_assets_def(key).op.pool == "lancedb_writer"
     graph = defs.resolve_asset_graph()
     checks = {
         f"{key.asset_key.to_user_string()}:{key.name}": graph.get_check_spec(key).blocking
@@ -69,4 +80,5 @@ def test_vector_writes_share_one_pool_and_the_checks_block():
         "policy_chunks:chunks_current": True,
         "policy_chunks:expectations": True,
         "policy_vectors:vectors_reconcile": True,
+        "regression_eval:release_gate": True,
     }

@@ -9,10 +9,11 @@ import pytest
 
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
+from ragfresh.evaluation import read_case_results
 from ragfresh.pipeline import refresh
 from ragfresh.search import search_many
 from ragfresh.vectors import open_vectors, read_vector_rows, reconcile
-from tests.conftest import HANDBOOK
+from tests.conftest import HANDBOOK, HANDBOOK_GOLDEN
 
 CHANGES = [
     json.loads(line) for line in (HANDBOOK / "changes" / "changes.jsonl").read_text().splitlines()
@@ -37,7 +38,7 @@ def handbook(tmp_path_factory, embedder):
         shutil.copytree(HANDBOOK / "pages" / folder, policies / folder)
     for change in CHANGES:
         shutil.copy(HANDBOOK / change["before_file"], policies / doc_id(change))
-    settings = Settings.load(home=root / "home", policies=policies)
+    settings = Settings.load(home=root / "home", policies=policies, golden=HANDBOOK_GOLDEN)
     build = refresh(settings, embedder, "before")
     return settings, build
 
@@ -45,6 +46,9 @@ def handbook(tmp_path_factory, embedder):
 def test_the_real_edits_are_served_fresh_and_only_changed_chunks_are_embedded(handbook, embedder):
     settings, build = handbook
     assert build["documents"]["quarantined"] == 0 and build["vectors"]["embedded"] > 250
+    assert build["release"]["published"], build["eval"]
+    edits = {c["change_id"] for c in CHANGES}
+    assert edits <= set(build["eval"]["needs_review"])  # the golden file has the new text
     before = search_many(settings, embedder, [c["question"] for c in CHANGES], k=5)
     assert any(
         c["evidence_before"] in h.text for c, r in zip(CHANGES, before, strict=True) for h in r.hits
@@ -55,6 +59,15 @@ def test_the_real_edits_are_served_fresh_and_only_changed_chunks_are_embedded(ha
         shutil.copy(HANDBOOK / change["after_file"], settings.policies / doc_id(change))
 
     result = refresh(settings, embedder, "after")
+
+    # The evaluation reports the changed answers: affected first, now found, published.
+    assert result["eval"]["verdict"] == "passed" and result["release"]["published"]
+    cases = read_case_results(settings, result["eval"]["eval_run_id"])
+    changed = cases.filter(pl.col("case_id").is_in(list(edits)))
+    assert changed["affected"].all() and changed.height == 3
+    for row in changed.iter_rows(named=True):
+        assert row["affected_reason"].startswith("source "), row
+        assert row["status"] == "pass" and not row["stale_served"], row["failures"]
 
     assert result["documents"]["changed"] == 3 and result["documents"]["unchanged"] > 20
     chunks = read_chunks(settings)

@@ -2,11 +2,15 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
+from ragfresh.chunking import Chunker
+from ragfresh.chunks import refresh_chunks
+from ragfresh.config import Settings
+from ragfresh.documents import ingest_documents
 from ragfresh.pipeline import refresh
 from ragfresh.search import IndexNotBuiltError, ModelMismatchError, search, search_many
 from ragfresh.tables import RETRIEVAL_TRACES
 from ragfresh.traces import TraceNotFoundError, explain_trace
-from ragfresh.vectors import open_vectors
+from ragfresh.vectors import open_vectors, sync_vectors
 from tests.conftest import HashEmbedder
 
 
@@ -53,9 +57,19 @@ def test_many_questions_share_one_index_version_and_one_commit(small_settings, e
     assert traces.filter(pl.col("caller") == "batch").height == 3
 
 
-def test_search_refuses_an_index_built_by_another_model(small_settings, embedder):
-    refresh(small_settings, HashEmbedder(), "other-model")
+def test_search_refuses_an_index_built_by_another_model(small_settings, embedder, monkeypatch):
+    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", "none")  # published unevaluated
+    ungated = Settings.load()
+    assert refresh(ungated, HashEmbedder(), "other-model")["release"]["published"]
     with pytest.raises(ModelMismatchError, match="refresh the index with this model"):
+        search(ungated, embedder, "overdraft fee")
+
+
+def test_search_serves_only_a_published_release(small_settings, embedder):
+    ingest_documents(small_settings, "ingest")
+    refresh_chunks(small_settings, Chunker.for_model(embedder), "chunk")
+    sync_vectors(small_settings, embedder)  # an index, but no evaluation and no release
+    with pytest.raises(IndexNotBuiltError, match=r"no release .* is published yet"):
         search(small_settings, embedder, "overdraft fee")
 
 
