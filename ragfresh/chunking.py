@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from semantic_text_splitter import MarkdownSplitter
@@ -12,9 +14,10 @@ from tokenizers import Tokenizer
 
 from ragfresh.embedding import Embedder
 from ragfresh.parsing import HEADING
-from ragfresh.pii import PiiSpan, redact, to_original_offset
+from ragfresh.pii import PiiSpan, detect_pii, redact, to_original_offset
 
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
+HEADER_TOKENS = 48  # the most a chunk's context header (title, headings) may take of the limit
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
 
 
@@ -28,6 +31,7 @@ class Chunk:
     char_start: int
     char_end: int
     text: str | None
+    embed_text: str | None
     token_count: int
     pii_types: list[str]
     pii_action: str
@@ -36,6 +40,15 @@ class Chunk:
 def chunk_id(doc_id: str, text: str, occurrence: int) -> str:
     """Text-addressed: the same text at the same repeat in the same document keeps its id."""
     return hashlib.sha256(f"{doc_id}\x00{occurrence}\x00{text}".encode()).hexdigest()[:32]
+
+
+def context_header(title: str, heading: str) -> str:
+    """The document title and the heading path, which a chunk's own text often leaves out
+    ("the fee is $29" says nothing of overdrafts); a heading path that starts with the title
+    does not repeat it."""
+    if not heading or not title:
+        return heading or title
+    return heading if heading.startswith(title) else f"{title} > {heading}"
 
 
 def _heading_paths(text: str) -> tuple[list[int], list[str]]:
@@ -52,12 +65,16 @@ def _heading_paths(text: str) -> tuple[list[int], list[str]]:
 class Chunker:
     """Markdown-aware splitting measured in the model's own tokens, special tokens included."""
 
-    def __init__(self, tokenizer: Tokenizer, max_tokens: int, model_id: str) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, max_tokens: int, model_id: str, context: bool = True
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
         self.capacity = max_tokens - len(tokenizer.encode("").ids)
+        self.context = context
         self._splitters: dict[int, MarkdownSplitter] = {}
-        self.chunker_id = f"md-{CHUNKER_VERSION}/{model_id}/{max_tokens}"
+        headers = "" if context else "/bare"
+        self.chunker_id = f"md-{CHUNKER_VERSION}{headers}/{model_id}/{max_tokens}"
 
     @classmethod
     def for_model(cls, embedder: Embedder) -> Chunker:
@@ -67,31 +84,64 @@ class Chunker:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text).ids)
 
-    def pieces(self, text: str, capacity: int) -> list[tuple[int, str, int]]:
-        """(offset, text, tokens) pieces; one over the limit is split again with less capacity."""
+    def pieces(
+        self, text: str, capacity: int, measure: Callable[[int, str], int] | None = None
+    ) -> list[tuple[int, str, int]]:
+        """(offset, text, tokens) pieces, tokens as `measure(offset, piece)` counts what will be
+        embedded; a piece over the limit is split again with less capacity."""
         if capacity < 16:
             raise ValueError(f"cannot fit text into {self.max_tokens} tokens: {text[:60]!r}")
         if capacity not in self._splitters:  # building one copies the tokenizer: slow
             self._splitters[capacity] = MarkdownSplitter.from_huggingface_tokenizer(
                 self.tokenizer, capacity
             )
-        splitter = self._splitters[capacity]
+        measure = measure or (lambda _, piece: self.count_tokens(piece))
         pieces: list[tuple[int, str, int]] = []
-        for start, piece in splitter.chunk_indices(text):
-            tokens = self.count_tokens(piece)
+        for start, piece in self._splitters[capacity].chunk_indices(text):
+            tokens = measure(start, piece)
             if tokens <= self.max_tokens:
                 pieces.append((start, piece, tokens))
             else:
-                pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, capacity - 8)]
+                inner = functools.partial(_shifted, measure, start)
+                pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, capacity - 8, inner)]
         return pieces
 
-    def chunk(self, doc_id: str, text: str, spans: list[PiiSpan], pii_action: str) -> list[Chunk]:
-        """Chunks of one document; PII redacted (or the chunk blocked, or allowed) by rule."""
+    def _clip(self, header: str) -> str:
+        """A header cut to HEADER_TOKENS tokens (special tokens included)."""
+        encoding = self.tokenizer.encode(header, add_special_tokens=False)
+        if len(encoding.ids) <= HEADER_TOKENS - 2:
+            return header
+        return header[: encoding.offsets[HEADER_TOKENS - 3][1]]
+
+    def chunk(
+        self, doc_id: str, text: str, spans: list[PiiSpan], pii_action: str, title: str = ""
+    ) -> list[Chunk]:
+        """Chunks of one document; PII redacted (or the chunk blocked, or allowed) by rule. What
+        is embedded is the chunk's context header, then its text, within the model's limit."""
         working, replacements = (text, []) if pii_action == "allow" else redact(text, spans)
+        if title and pii_action != "allow":
+            title = redact(title, detect_pii(title))[0]
         positions, paths = _heading_paths(working)
+        headers = [self._clip(context_header(title, p)) if self.context else "" for p in paths]
+        base = self._clip(title) if self.context else ""
+
+        def header_at(start: int) -> str:
+            index = bisect.bisect_right(positions, start) - 1
+            return headers[index] if index >= 0 else base
+
+        def embedded(start: int, piece: str) -> str:
+            header = header_at(start)
+            return f"{header}\n\n{piece}" if header else piece
+
+        budget = max((self.count_tokens(h) for h in [*headers, base] if h), default=0)
+        capacity = self.capacity - budget
+
+        def measure(start: int, piece: str) -> int:
+            return self.count_tokens(embedded(start, piece))
+
         seen: Counter[str] = Counter()
         chunks = []
-        for index, (start, piece, tokens) in enumerate(self.pieces(working, self.capacity)):
+        for index, (start, piece, tokens) in enumerate(self.pieces(working, capacity, measure)):
             end = start + len(piece)
             char_start = to_original_offset(start, replacements)
             char_end = to_original_offset(end, replacements)
@@ -100,6 +150,7 @@ class Chunker:
             heading_index = bisect.bisect_right(positions, start) - 1
             occurrence = seen[piece]
             seen[piece] += 1
+            blocked = action == "blocked"
             chunks.append(
                 Chunk(
                     chunk_id=chunk_id(doc_id, piece, occurrence),
@@ -107,10 +158,16 @@ class Chunker:
                     heading=paths[heading_index] if heading_index >= 0 else "",
                     char_start=char_start,
                     char_end=char_end,
-                    text=None if action == "blocked" else piece,
+                    text=None if blocked else piece,
+                    embed_text=None if blocked else embedded(start, piece),
                     token_count=tokens,
                     pii_types=sorted({s.entity_type for s in inside}),
                     pii_action=action,
                 )
             )
         return chunks
+
+
+def _shifted(measure: Callable[[int, str], int], offset: int, start: int, piece: str) -> int:
+    """`measure` for a piece of a piece: offsets relative to the outer one."""
+    return measure(offset + start, piece)

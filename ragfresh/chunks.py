@@ -68,13 +68,15 @@ def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_i
             **asdict(c),
             "doc_id": doc["doc_id"],
             "doc_version": doc["doc_version"],
-            "text_sha256": hashlib.sha256(c.text.encode()).hexdigest() if c.text else None,
+            "text_sha256": (
+                hashlib.sha256(c.embed_text.encode()).hexdigest() if c.embed_text else None
+            ),
             "owners": doc["owners"],
             "classification": doc["classification"],
             "chunker_id": config_id,
             "run_id": run_id,
         }
-        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action)
+        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action, doc["title"] or "")
     ]
 
 

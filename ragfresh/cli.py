@@ -128,8 +128,8 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps({**summary, "metrics": evaluation.run["metrics"],
                           "changes": evaluation.changes}, default=str))  # fmt: skip
     else:
-        print(f"evaluation {summary['eval_run_id']} of candidate {summary['candidate']} "
-              "(not published)")  # fmt: skip
+        print(f"evaluation {summary['eval_run_id']} of index version {summary['candidate']} "
+              "(`eval` publishes nothing)")  # fmt: skip
         _print_eval(summary)
         for row in evaluation.cases.filter(pl.col("status") != "pass").iter_rows(named=True):
             print(f"  {row['status']} {row['case_id']}: {'; '.join(row['failures'])}")

@@ -96,6 +96,7 @@ def merge(
             predicate=predicate,
             source_alias="s",
             target_alias="t",
+            merge_schema=True,  # a column added in a later release of ragfresh
             commit_properties=commit_properties(run_id, "merge"),
         )
         try:

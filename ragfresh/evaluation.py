@@ -148,9 +148,10 @@ def _applicable(golden: GoldenSet, corpus: _Corpus, settings: Settings):
     for case in golden.cases:
         unknown = [doc for doc in case.source_policy if doc not in corpus.current]
         if unknown:
+            verb = "is not a document" if len(unknown) == 1 else "are not documents"
             skipped.append(
                 f"{golden.where(case)}: case {case.case_id}: source_policy "
-                f"{', '.join(unknown)} is not a document of {settings.policies}"
+                f"{', '.join(unknown)} {verb} of {settings.policies}"
             )
         else:
             cases.append(case)
@@ -205,6 +206,22 @@ def _duplicates(trace_hits: list[dict], stored: dict[str, dict]) -> int:
     return repeats
 
 
+def retrieval_checks(case: GoldenCase, hits: list[tuple[str, str]]) -> dict[str, Any]:
+    """The deterministic retrieval layer of one case over its ranked (doc_id, text) hits:
+    hit@1 and hit@5 of a source policy, reciprocal rank, evidence in the top 5, stale
+    evidence anywhere."""
+    ranks = [rank for rank, (doc, _) in enumerate(hits, start=1) if doc in case.source_policy]
+    texts = [normalize(text or "") for _, text in hits]
+    return {
+        "hit_at_1": bool(ranks) and ranks[0] == 1,
+        "hit_at_5": bool(ranks) and ranks[0] <= TOP,
+        "reciprocal_rank": 1 / ranks[0] if ranks else 0.0,
+        "evidence_at_5": bool(case.expected_evidence)
+        and any(case.expected_evidence in t for t in texts[:TOP]),
+        "stale_served": bool(case.stale_evidence) and any(case.stale_evidence in t for t in texts),
+    }
+
+
 def _case_result(
     case: GoldenCase,
     result: SearchResult,
@@ -214,12 +231,7 @@ def _case_result(
     threshold: float = context["threshold"]
     hits, top = result.hits, result.hits[:TOP]
     sources = set(case.source_policy)
-    ranks = [rank for rank, h in enumerate(hits, start=1) if h.doc_id in sources]
-    texts = [normalize(h.text or "") for h in hits]
-    evidence_at_5 = bool(case.expected_evidence) and any(
-        case.expected_evidence in t for t in texts[:TOP]
-    )
-    stale = bool(case.stale_evidence) and any(case.stale_evidence in t for t in texts)
+    checks = retrieval_checks(case, [(h.doc_id, h.text) for h in hits])
     superseded = sum(
         (corpus.live(h.doc_id) or {}).get("doc_version") != h.doc_version for h in hits
     )
@@ -238,13 +250,13 @@ def _case_result(
     if case.must_escalate and not escalated:
         failures.append(f"not escalated (confidence {result.confidence:.2f} >= {threshold})")
     if not case.must_escalate:
-        if not ranks or ranks[0] > TOP:
+        if not checks["hit_at_5"]:
             failures.append(f"no source policy in the top {TOP}")
-        if not evidence_at_5:
+        if not checks["evidence_at_5"]:
             failures.append(f"expected evidence not in the top {TOP}")
         if escalated:
             failures.append(f"escalated (confidence {result.confidence:.2f} < {threshold})")
-    if stale:
+    if checks["stale_served"]:
         failures.append("stale evidence served")
     if superseded:
         failures.append(f"{superseded} hits from superseded document versions")
@@ -285,11 +297,7 @@ def _case_result(
             }
             for rank, h in enumerate(hits, start=1)
         ],
-        "hit_at_1": bool(ranks) and ranks[0] == 1,
-        "hit_at_5": bool(ranks) and ranks[0] <= TOP,
-        "reciprocal_rank": 1 / ranks[0] if ranks else 0.0,
-        "evidence_at_5": evidence_at_5,
-        "stale_served": stale,
+        **checks,
         "superseded_hits": superseded,
         "pii_hits": pii,
         "duplicate_hits": duplicates,
@@ -331,11 +339,11 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
     """Evaluate the newest index version (the candidate) with the golden cases and record it.
     An evaluation already made of the same candidate, documents, model and golden file is
     reused. None when there is no index yet."""
+    golden = load_golden(settings.golden_cases) if settings.golden_cases else None
     table = open_vectors(settings)
     if table is None:
         return None
     candidate, served = table.version, served_release(table)
-    golden = load_golden(settings.golden_cases) if settings.golden_cases else None
     golden_sha = golden.sha256 if golden else ""
     documents_version = _table_version(settings, "policy_documents")
     done = latest_eval(settings, candidate)
@@ -346,8 +354,8 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
 
     corpus = _Corpus(read_documents(settings, current_only=False))
     cases, skipped = _applicable(golden, corpus, settings) if golden else ([], [])
-    for line in skipped:
-        log.warning("golden case not evaluated: %s", line)
+    if skipped:
+        log.warning("%d golden cases not evaluated, first: %s", len(skipped), skipped[0])
     previous = latest_eval(settings)
     baseline = latest_eval(settings, served) if served is not None else None
     reference_run = baseline or previous

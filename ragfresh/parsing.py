@@ -99,7 +99,7 @@ def _parse_pdf(data: bytes) -> tuple[str, str | None, dict[str, Any]]:
     if reader.is_encrypted:
         raise ParseError("encrypted PDF")
     pages = [page.extract_text() or "" for page in reader.pages]
-    title = reader.metadata.title if reader.metadata else None
+    title = str(reader.metadata.title) if reader.metadata and reader.metadata.title else None
     return "\n\n".join(page.strip() for page in pages), title, {}
 
 

@@ -32,7 +32,7 @@ class ModelMismatchError(RagfreshError):
 # Reciprocal rank fusion: each retriever's candidates score 1 / (RRF_K + rank), summed.
 RRF_K = 60
 CANDIDATES = 20  # candidates each retriever gives the fusion (at least k)
-COLUMNS = [*METADATA, "model_id", "vector"]
+COLUMNS = [*(c for c in METADATA if c != "embed_text"), "model_id", "vector"]
 
 
 @dataclass(frozen=True)

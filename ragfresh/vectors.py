@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 VECTORS = "policy_vectors"
 METADATA = ["chunk_id", "doc_id", "doc_version", "chunk_index", "heading", "char_start",
-            "char_end", "owners", "classification", "text", "text_sha256"]  # fmt: skip
-COMPARED = [c for c in METADATA if c != "text"]  # text_sha256 stands for the text
+            "char_end", "owners", "classification", "text", "embed_text",
+            "text_sha256"]  # fmt: skip
+COMPARED = [c for c in METADATA if c not in ("text", "embed_text")]  # text_sha256 stands for them
 OPTIMIZE_FRAGMENTS = 16
 
 
@@ -139,17 +140,25 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
     desired = _desired_rows(settings)
     existing = read_vector_rows(table, [*COMPARED, "model_id"])
     duplicated = existing.filter(pl.col("chunk_id").is_duplicated())["chunk_id"].unique().to_list()
-    upserts = pl.concat(
-        [
-            _changed_rows(desired, existing, model_id),
-            desired.filter(pl.col("chunk_id").is_in(duplicated)),
-        ]
-    ).unique("chunk_id", keep="first")
     gone = sorted(set(existing["chunk_id"]) - set(desired["chunk_id"]))
     model_changed = existing.height > 0 and (existing["model_id"] != model_id).all()
     if model_changed:
         log.warning("model changed to %s: every chunk is re-embedded", model_id)
-    if upserts.is_empty() and not gone and not duplicated:
+    schema_changed = table is not None and table.schema.names != vector_schema(1).names
+    if schema_changed:
+        log.warning("the vector table's columns changed: it is rewritten in one version")
+    rewrite = model_changed or schema_changed  # the rows replace the table whole
+    upserts = (
+        desired
+        if rewrite
+        else pl.concat(
+            [
+                _changed_rows(desired, existing, model_id),
+                desired.filter(pl.col("chunk_id").is_in(duplicated)),
+            ]
+        ).unique("chunk_id", keep="first")
+    )
+    if upserts.is_empty() and not gone and not duplicated and not rewrite:
         version = table.version if table else None
         return SyncResult(0, 0, 0, existing.height, version, 0.0, model_id, False)
 
@@ -165,13 +174,13 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
             rate = done / max(time.perf_counter() - started, 1e-9)
             log.info("embedded %d/%d texts (%.1f/s)", done, total, rate)
 
-        encoded = embedder.encode(to_embed["text"].to_list(), progress=progress)
+        encoded = embedder.encode(to_embed["embed_text"].to_list(), progress=progress)
         now = datetime.now(tz=UTC)
         vectors.update((s, (v, now)) for s, v in zip(to_embed["text_sha256"], encoded, strict=True))
     embed_seconds = time.perf_counter() - started
 
     rows = _vector_rows(upserts, vectors, model_id, vector_schema(embedder.dimensions))
-    table = _write(settings, None if model_changed else table, rows, gone, duplicated)
+    table = _write(settings, None if rewrite else table, rows, gone, duplicated)
     _ensure_indexes(settings, table)
     _compact(settings, table)
     return SyncResult(
@@ -208,8 +217,8 @@ def _write(
     duplicated: list[str],
 ) -> lancedb.table.Table:
     """One new table version with all of the refresh's changes (plus one first if duplicates
-    need repair). Without a table, or after a model change, the rows replace the table whole:
-    a new version of the same table, so older versions stay readable for traces."""
+    need repair). Without a table, or after a model or column change, the rows replace the
+    table whole: a new version of the same table, so older versions stay readable for traces."""
     if table is None:
         db = lancedb.connect(settings.vectors_uri)
         return db.create_table(VECTORS, data=rows, schema=rows.schema, mode="overwrite")
@@ -228,11 +237,11 @@ def _write(
 
 
 def _ensure_indexes(settings: Settings, table: lancedb.table.Table) -> None:
-    """A full-text index always, a vector index once the table is large enough; rows not yet
-    indexed stay searchable. Writes only when an index is missing."""
+    """A full-text index of the embedded text always, a vector index once the table is large
+    enough; rows not yet indexed stay searchable. Writes only when an index is missing."""
     indexed = {i.columns[0] for i in table.list_indices()}
-    if "text" not in indexed:
-        table.create_index("text", config=FTS())
+    if "embed_text" not in indexed:
+        table.create_index("embed_text", config=FTS())
     rows = table.count_rows()
     if "vector" not in indexed and rows >= settings.vector_index_min_rows:
         log.info("building the IVF_PQ vector index over %d rows", rows)

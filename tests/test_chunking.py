@@ -20,8 +20,8 @@ def test_no_chunk_exceeds_the_model_limit_on_the_whole_18f_handbook(chunker, emb
     texts = []
     for page in pages:
         doc = parse_document(page.name, page.read_bytes())
-        chunks = chunker.chunk(page.name, doc.text, detect_pii(doc.text), "redact")
-        texts += [c.text for c in chunks]
+        chunks = chunker.chunk(page.name, doc.text, detect_pii(doc.text), "redact", doc.title)
+        texts += [c.embed_text for c in chunks]  # what the model reads: headers included
         assert all(c.token_count <= chunker.max_tokens == 256 for c in chunks)
     counted = model_tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     assert len(texts) > 2000
@@ -88,3 +88,27 @@ def test_pii_gate_redacts_blocks_or_allows_by_rule(chunker, action, expected_tex
     else:
         assert expected_text in chunk.text
     assert (chunk.char_start, chunk.char_end) == (0, len(text.strip()))
+
+
+def test_the_embedded_text_carries_title_and_headings_the_served_text_does_not(chunker):
+    text = "## Fee Schedule\n\nThe item fee is $29.\n"
+    [chunk] = chunker.chunk("fees.md", text, [], "redact", "Overdraft Fees")
+    assert chunk.text == "## Fee Schedule\n\nThe item fee is $29."
+    assert chunk.embed_text == "Overdraft Fees > Fee Schedule\n\n" + chunk.text
+    assert chunk.token_count == chunker.count_tokens(chunk.embed_text)
+    [same] = chunker.chunk("fees.md", "# Overdraft Fees\n\nText.", [], "redact", "Overdraft Fees")
+    assert same.embed_text.startswith("Overdraft Fees\n\n# Overdraft Fees")  # not repeated
+
+
+def test_pii_in_a_title_is_redacted_in_the_embedded_text(chunker):
+    title = "Escalations to maria.okafor@northwind-bank.com"
+    [chunk] = chunker.chunk("x.md", "Call the lead.", [], "redact", title)
+    assert "maria.okafor" not in chunk.embed_text and "<EMAIL_ADDRESS>" in chunk.embed_text
+
+
+def test_a_long_heading_path_is_clipped_and_chunks_still_fit(chunker):
+    heading = " ".join(f"word{i}" for i in range(120))
+    text = f"# {heading}\n\n" + "Policy clause text. " * 400
+    chunks = chunker.chunk("long.md", text, [], "redact", "Title")
+    assert all(c.token_count <= chunker.max_tokens for c in chunks)
+    assert all(chunker.count_tokens(c.embed_text) == c.token_count for c in chunks)

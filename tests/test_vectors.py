@@ -236,7 +236,7 @@ def test_vector_index_is_built_once_the_table_is_large_enough(tmp_path, monkeypa
         vectors = rng.random((n, 384), dtype=np.float32).ravel()
         return pa.table({
             "chunk_id": [str(i) for i in range(offset, offset + n)],
-            "text": [f"clause {i}" for i in range(offset, offset + n)],
+            "embed_text": [f"clause {i}" for i in range(offset, offset + n)],
             "vector": pa.FixedSizeListArray.from_arrays(vectors, 384),
         })  # fmt: skip
 
@@ -263,7 +263,7 @@ def test_reconcile_counts_orphans_and_stale_rows(small_settings, embedder):
 def test_a_refresh_killed_before_indexing_gets_its_index_on_the_next(small_settings, embedder):
     refresh(small_settings, embedder, "build")
     table = open_vectors(small_settings)
-    table.drop_index("text_idx")
+    table.drop_index("embed_text_idx")
     refresh(small_settings, embedder, "noop")
     assert "FTS" in {i.index_type for i in open_vectors(small_settings).list_indices()}
 
@@ -298,10 +298,10 @@ def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
     before = read_chunks(small_settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
     real_chunk = Chunker.chunk
 
-    def chunk(self, doc_id, text, spans, action):
+    def chunk(self, doc_id, text, spans, action, title=""):
         if doc_id == "retail/overdraft-fees.md":
             raise RuntimeError("tokenizer exploded")
-        return real_chunk(self, doc_id, text, spans, action)
+        return real_chunk(self, doc_id, text, spans, action, title)
 
     monkeypatch.setattr(Chunker, "chunk", chunk)
     for name in ("retail/overdraft-fees.md", "hr/annual-leave.md"):

@@ -28,6 +28,7 @@ ALL_PASS = {
     "policy_chunks:chunks_current": True,
     "policy_chunks:expectations": True,
     "policy_vectors:vectors_reconcile": True,
+    "regression_eval:release_gate": True,
 }
 
 
@@ -39,12 +40,16 @@ def test_refresh_job_builds_then_noops_with_reconciliation_passing(small_setting
     vectors = first["policy_vectors"]
     assert vectors["embedded"] == vectors["dagster/row_count"] > 0
     assert vectors["model_id"] == embedder.model_id and vectors["embeddings_per_second"] > 0
+    assert first["regression_eval"]["verdict"] == "passed"
+    assert first["served_index"]["published"]
+    assert first["served_index"]["release"] == vectors["table_version"]
 
     second, checks = run_job(instance)
     assert checks == ALL_PASS
     assert second["policy_vectors"]["embedded"] == 0
     assert second["policy_vectors"]["table_version"] == vectors["table_version"]
     assert second["policy_chunks"]["documents_rechunked"] == 0
+    assert second["regression_eval"]["reused"] and not second["served_index"]["published"]
 
 
 def test_a_failing_expectation_suite_blocks_chunking(small_settings, embedder):

@@ -1,0 +1,29 @@
+"""The gate in the asset graph: a blocked candidate skips publication, the release stays."""
+
+import dagster as dg
+
+from orchestration.definitions import defs
+from ragfresh.config import Settings
+from ragfresh.releases import release_status
+from tests.test_evaluation import write_golden
+
+
+def test_a_failed_release_gate_skips_publication(small_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("refresh_policies")
+    assert job.execute_in_process(instance=instance).success
+    served = release_status(Settings.load())["published"]["release"]
+
+    monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=block")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+
+    gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate")
+    assert not gate.passed
+    blocking = gate.metadata["blocking_cases"].value
+    assert blocking[0].startswith("dispute-pan (high risk)")
+    ran = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "regression_eval" in ran and "served_index" not in ran
+    status = release_status(Settings.load())
+    assert status["published"]["release"] == served
+    assert status["waiting"]["why"] == "blocked by the evaluation"
