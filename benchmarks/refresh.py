@@ -23,13 +23,16 @@ from ragfresh.chunks import read_chunks, refresh_chunks
 from ragfresh.config import Settings
 from ragfresh.documents import ingest_documents
 from ragfresh.embedding import Embedder
+from ragfresh.evaluation import evaluate
 from ragfresh.pipeline import refresh
+from ragfresh.releases import publish_candidate
 from ragfresh.search import search_many
 from ragfresh.vectors import reconcile, sync_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
 EDIT = "18f-advanced-annual-leave"
+GOLDEN = REPO / "evals" / "18f_golden_cases.csv"
 
 
 def timed(fn, *args):
@@ -52,7 +55,7 @@ def main() -> None:
     shutil.copytree(HANDBOOK / "pages", policies)
     target = policies / edit["path"].removeprefix("pages/")
     shutil.copy(HANDBOOK / edit["before_file"], target)
-    settings = Settings.load(home=work / "home", policies=policies)
+    settings = Settings.load(home=work / "home", policies=policies, golden=GOLDEN)
     embedder = Embedder()
     _, load_seconds = timed(embedder.load)
     embedder.encode(["warm up"])
@@ -69,7 +72,8 @@ def main() -> None:
     chunked, chunk_seconds = timed(
         refresh_chunks, settings, Chunker.for_model(embedder), "bench-build"
     )
-    texts = read_chunks(settings).drop_nulls("text").unique("text_sha256")["text"].to_list()
+    chunks = read_chunks(settings).drop_nulls("embed_text").unique("text_sha256")
+    texts = chunks["embed_text"].to_list()
     model = embedder.load()
 
     def raw_encode() -> float:
@@ -79,7 +83,9 @@ def main() -> None:
     vectors, vector_seconds = timed(sync_vectors, settings, embedder)
     raw_after = raw_encode()
     raw_seconds = (raw_before + raw_after) / 2
-    build_seconds = ingest_seconds + chunk_seconds + vector_seconds
+    evaluation, eval_seconds = timed(evaluate, settings, embedder, "bench-build")
+    _, publish_seconds = timed(publish_candidate, settings, "bench-build")
+    build_seconds = ingest_seconds + chunk_seconds + vector_seconds + eval_seconds + publish_seconds
     ours = vectors.embedded / vectors.embed_seconds
     raw = len(texts) / raw_seconds
     figures["full_build"] = {
@@ -91,6 +97,8 @@ def main() -> None:
         "ingest_seconds": round(ingest_seconds, 1),
         "chunk_seconds": round(chunk_seconds, 1),
         "vectors_seconds": round(vector_seconds, 1),
+        "eval_seconds": round(eval_seconds, 1),
+        "eval": {k: evaluation.summary()[k] for k in ("verdict", "cases", "hit_at_5", "mrr")},
         "embeddings_per_second": round(ours, 2),
         "raw_encode_seconds_before_and_after": [round(raw_before, 1), round(raw_after, 1)],
         "raw_encode_per_second": round(raw, 2),
@@ -102,6 +110,7 @@ def main() -> None:
     figures["noop_refresh"] = {
         "seconds": round(noop_seconds, 3),
         "embedded": noop["vectors"]["embedded"],
+        "stage_seconds": noop["seconds"],
     }
     shutil.copy(HANDBOOK / edit["after_file"], target)
     edited, edit_seconds = timed(refresh, settings, embedder, "bench-edit")
@@ -111,6 +120,9 @@ def main() -> None:
         "embedded": edited["vectors"]["embedded"],
         "reused": edited["vectors"]["reused"],
         "deleted": edited["vectors"]["deleted"],
+        "stage_seconds": edited["seconds"],
+        "affected_cases": edited["eval"]["affected"],
+        "published": edited["release"]["published"],
     }
     deleted_page = policies / "travel-and-leave" / "overtime.md"
     deleted_page.unlink()
@@ -134,9 +146,10 @@ def main() -> None:
         "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1),
     }
 
-    os.environ["RAGFRESH_HOME"], os.environ["RAGFRESH_POLICIES"] = str(settings.home), str(policies)
+    from orchestration.runner import export_settings, prepare_instance
+
+    export_settings(settings)
     from orchestration.definitions import defs
-    from orchestration.runner import prepare_instance
 
     instance = prepare_instance(settings)
     job = defs.resolve_job_def("refresh_policies")
