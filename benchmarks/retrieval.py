@@ -6,8 +6,8 @@ Prints and saves the figures.
     .venv/bin/python benchmarks/retrieval.py [--corpus bundled|18f] [--out FILE.json]
 
 Variants: `before` is LanceDB's built-in hybrid query (each retriever gives k candidates to
-its reciprocal rank fusion) over the chunk text alone; `after` is ragfresh's fusion with more
-candidates per retriever over the text with its title and heading path.
+its reciprocal rank fusion) over the chunk text alone; `after` is ragfresh's own fusion (the
+number of candidates per retriever varied around it) over the text with its title and headings.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ VARIANTS: list[tuple[str, bool, Retriever]] = [
     ("fusion, 50 candidates, chunk text", False, fusion(50)),
     ("vector only, title and headings", True, single("vector")),
     ("full text only, title and headings", True, single("fts")),
-    ("fusion, 10 candidates, title and headings", True, fusion(10)),
-    ("after: fusion, 20 candidates, title and headings", True, fusion(20)),
+    ("after: fusion, 10 candidates, title and headings", True, fusion(10)),
+    ("fusion, 20 candidates, title and headings", True, fusion(20)),
     ("fusion, 50 candidates, title and headings", True, fusion(50)),
 ]
 

@@ -72,7 +72,7 @@ class Gate:
     min_hit_at_5: float = 0.85
     min_evidence_recall_at_5: float = 0.7
     max_hit_at_5_drop: float = 0.02
-    escalation_threshold: float = 0.3
+    escalation_threshold: float = 0.42
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ragfresh.golden import GoldenCase, GoldenSet, load_golden, normalize
 from ragfresh.judge import NOT_CONFIGURED, Judge, JudgeError
 from ragfresh.pii import detect_pii
 from ragfresh.releases import latest_eval, record_candidate, served_release
-from ragfresh.search import SearchResult, search_many
+from ragfresh.search import SearchResult, hit_records, search_many
 from ragfresh.sql import in_list
 from ragfresh.tables import EVAL_CASE_RESULTS, EVAL_RUNS, RETRIEVAL_TRACES, empty_frame
 from ragfresh.vectors import open_vectors
@@ -287,16 +287,7 @@ def _case_result(
         ],
         "affected": affected_reason is not None,
         "affected_reason": affected_reason,
-        "hits": [
-            {
-                "rank": rank,
-                "chunk_id": h.chunk_id,
-                "doc_id": h.doc_id,
-                "doc_version": h.doc_version,
-                "score": h.score,
-            }
-            for rank, h in enumerate(hits, start=1)
-        ],
+        "hits": hit_records(hits),
         **checks,
         "superseded_hits": superseded,
         "pii_hits": pii,
