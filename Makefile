@@ -30,6 +30,7 @@ dev: install
 
 benchmark: install
 	$(BIN)/python benchmarks/refresh.py
+	$(BIN)/python benchmarks/retrieval.py
 
 clean:
 	rm -rf .ragfresh

@@ -184,7 +184,7 @@ def main() -> None:
     every = [pair for pairs in confidences.values() for pair in pairs]
     figures["escalation"] = {
         "calibrated_on": "both golden sets together",
-        "best": calibrate(every),
+        "both_sets": calibrate(every),
         "per_corpus": {k: calibrate(v) for k, v in confidences.items()},
         "confidence_quantiles": {
             corpus: {
