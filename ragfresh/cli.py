@@ -26,6 +26,7 @@ from ragfresh.traces import explain_trace
 DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
 CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
 VECTOR_COUNTS = ("embedded", "reused", "deleted")
+SHOWN_SKIPPED = 5
 GOLDEN_HELP = "golden cases file (default: $RAGFRESH_GOLDEN_CASES or evals/golden_cases.csv)"
 
 
@@ -115,8 +116,12 @@ def _print_eval(evaluation: dict[str, Any] | None) -> None:
         print(f"  needs review (policy changed or evidence moved): {case}")
     for reason in evaluation["reasons"]:
         print(f"  blocking: {reason}")
-    for line in evaluation["skipped"]:
+    skipped = evaluation["skipped"]
+    for line in skipped[:SHOWN_SKIPPED]:
         print(f"  not evaluated: {line}")
+    if len(skipped) > SHOWN_SKIPPED:
+        print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more cases not evaluated "
+              "(all in `ragfresh eval --json`, and in eval_runs.skipped)")  # fmt: skip
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
