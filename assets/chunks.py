@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.metadata import table_asset
+from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
@@ -14,7 +15,7 @@ from ragfresh.tables import POLICY_CHUNKS
     name=POLICY_CHUNKS.name,
     deps=["policy_documents"],
     **table_asset(POLICY_CHUNKS, group="indexing", layer="silver", kinds={"deltalake", "polars"}),
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=FOLLOWS_UPSTREAM,
     check_specs=[
         dg.AssetCheckSpec(
             "chunks_current",

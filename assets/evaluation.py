@@ -5,6 +5,7 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import markdown_table
+from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.evaluation import Evaluation, evaluate
 from ragfresh.tables import EVAL_CASE_RESULTS, EVAL_RUNS
@@ -39,7 +40,7 @@ def _report(evaluation: Evaluation) -> str:
     owners=[EVAL_RUNS.owner],
     kinds={"deltalake", "lancedb"},
     tags={"pii": "redacted", "layer": "quality"},
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=FOLLOWS_UPSTREAM,
     check_specs=[
         dg.AssetCheckSpec(
             "release_gate",

@@ -1,10 +1,16 @@
 """Serving stage: publish the evaluated candidate as the release search serves."""
 
+from datetime import timedelta
+
 import dagster as dg
 
+from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import RagfreshResource
+from ragfresh.config import freshness_slo
 from ragfresh.releases import SERVED, publish_candidate, release_status
 from ragfresh.tables import RELEASES
+
+OBJECTIVE = timedelta(seconds=freshness_slo())
 
 
 @dg.asset(
@@ -14,7 +20,11 @@ from ragfresh.tables import RELEASES
     kinds={"lancedb", "deltalake"},
     tags={"pii": "redacted", "layer": "serving"},
     pool="lancedb_writer",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=FOLLOWS_UPSTREAM,
+    # Materialized by a publication, or confirmed current by `stale_embeddings_sensor`.
+    freshness_policy=dg.FreshnessPolicy.time_window(
+        fail_window=OBJECTIVE, warn_window=OBJECTIVE / 2
+    ),
 )
 def served_index(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
     """Point the `served` tag at the candidate that passed its evaluation (or that no golden

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.tables import POLICY_CHUNKS
 from ragfresh.vectors import VECTORS, reconcile, sync_vectors
@@ -15,7 +16,7 @@ from ragfresh.vectors import VECTORS, reconcile, sync_vectors
     kinds={"lancedb", "pytorch"},
     tags={"pii": "redacted", "layer": "gold"},
     pool="lancedb_writer",
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=FOLLOWS_UPSTREAM,
     check_specs=[
         dg.AssetCheckSpec(
             "vectors_reconcile",

@@ -2,10 +2,12 @@
 
 import dagster as dg
 
-from assets import chunks, documents, evaluation, serving, traces, vectors
+from assets import chunks, documents, evaluation, freshness, serving, traces, vectors
+from orchestration.automation import automation_sensor
 from orchestration.expectations import expectation_checks
-from orchestration.jobs import refresh_policies
+from orchestration.jobs import refresh_policies, refresh_vectors
 from orchestration.resources import EmbedderResource, RagfreshResource
+from orchestration.sensors import policy_source_sensor, stale_embeddings_sensor
 
 defs = dg.Definitions(
     assets=[
@@ -15,8 +17,12 @@ defs = dg.Definitions(
         evaluation.regression_eval,
         serving.served_index,
         traces.retrieval_traces,
+        freshness.document_freshness,
     ],
-    asset_checks=expectation_checks(),
-    jobs=[refresh_policies],
+    asset_checks=[*expectation_checks(), freshness.freshness_objective],
+    jobs=[refresh_policies, refresh_vectors],
+    sensors=[policy_source_sensor, stale_embeddings_sensor, automation_sensor],
     resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
+    # One process per run: a step per process would import torch and the model per step.
+    executor=dg.in_process_executor,
 )

@@ -4,8 +4,7 @@ table asset of the same name, so bad data stops before it is chunked or embedded
 import dagster as dg
 
 from orchestration.resources import RagfreshResource
-from ragfresh import delta_store
-from ragfresh.expectations import SUITES, load_suite, suite_path, validate
+from ragfresh.expectations import SUITES, load_suite, suite_path, validate_table
 from ragfresh.tables import TABLES, TableDef
 
 
@@ -22,14 +21,21 @@ def expectation_check(table: TableDef) -> dg.AssetChecksDefinition:
         f"({len(suite['expectations'])} expectations).",
     )
     def check(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
-        settings = ragfresh.settings()
-        frame = delta_store.read_table(settings.table_uri(table.name), table.schema)
-        result = validate(frame, suite)
+        checked = validate_table(ragfresh.settings(), table, suite)
+        result = checked.validation
         return dg.AssetCheckResult(
             passed=result.success,
             severity=dg.AssetCheckSeverity.ERROR,
+            description=(
+                f"table version {checked.table_version} did not move since it was validated: "
+                "result reused"
+                if checked.reused
+                else None
+            ),
             metadata={
-                "rows": frame.height,
+                "rows": checked.rows,
+                "table_version": checked.table_version,
+                "reused": checked.reused,
                 "expectations": result.evaluated,
                 "failed": len(result.failures),
                 "failures": dg.MetadataValue.json(result.failures),

@@ -1,9 +1,20 @@
-"""Jobs: one refresh of the whole asset graph."""
+"""Jobs: a refresh of the whole asset graph, and a refresh from the vectors on."""
 
 import dagster as dg
 
+from ragfresh.tables import DOCUMENT_FRESHNESS
+from ragfresh.vectors import VECTORS
+
 refresh_policies = dg.define_asset_job(
     "refresh_policies",
-    selection=dg.AssetSelection.all(),
+    selection=dg.AssetSelection.all()
+    | dg.AssetSelection.checks_for_assets(DOCUMENT_FRESHNESS.name),
     description="Refresh everything that changed, from the policies folder to the served index.",
+)
+
+refresh_vectors = dg.define_asset_job(
+    "refresh_vectors",
+    selection=dg.AssetSelection.assets(VECTORS).downstream().materializable()
+    | dg.AssetSelection.checks_for_assets(DOCUMENT_FRESHNESS.name),
+    description="Re-embed what drifted, evaluate and publish: the chunks did not change.",
 )

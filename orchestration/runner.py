@@ -15,13 +15,17 @@ class RunFailedError(RagfreshError):
     """A step of the refresh raised: bad configuration, an empty folder, a storage error."""
 
 
-INSTANCE_CONFIG = """\
-# Written by ragfresh. One writer per vector table: pools default to a limit of 1.
+WRITTEN_BY_US = "# Written by ragfresh."
+INSTANCE_CONFIG = f"""\
+{WRITTEN_BY_US} One writer per vector table: pools default to a limit of 1; runs that the
+# sensors request wait in the queue for the one before them.
 telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+  runs:
+    max_concurrent_runs: 1
 python_logs:
   managed_python_loggers: [ragfresh]
   python_log_level: INFO
@@ -29,10 +33,11 @@ python_logs:
 
 
 def prepare_instance(settings: Settings) -> dg.DagsterInstance:
-    """Point DAGSTER_HOME at the state home, writing its dagster.yaml on first use."""
+    """Point DAGSTER_HOME at the state home, writing its dagster.yaml unless someone else did."""
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     config = settings.dagster_home / "dagster.yaml"
-    if not config.exists():
+    ours = not config.exists() or config.read_text().startswith(WRITTEN_BY_US)
+    if ours and (not config.exists() or config.read_text() != INSTANCE_CONFIG):
         config.write_text(INSTANCE_CONFIG)
     os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     return dg.DagsterInstance.get()

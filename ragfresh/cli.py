@@ -11,17 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
-from ragfresh.evaluation import evaluate
+from ragfresh.freshness import freshness_summary
 from ragfresh.golden import load_golden
-from ragfresh.releases import read_releases, release_status, rollback
-from ragfresh.search import search_many
-from ragfresh.status import index_status
-from ragfresh.traces import explain_trace
+
+# Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
+# refresh with nothing to do should not wait for them.
 
 DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
 CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
@@ -31,13 +28,49 @@ GOLDEN_HELP = "golden cases file (default: $RAGFRESH_GOLDEN_CASES or evals/golde
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    # The orchestration layer imports dagster; the core never does, so it is loaded only here.
-    from orchestration.runner import run_refresh
+    from ragfresh.watermark import record_refresh, unchanged_since_refresh
 
     if not settings.policies.is_dir():  # say so before a Dagster run fails on it
         raise PoliciesNotFoundError(f"policies folder not found: {settings.policies}")
     if settings.golden_cases:
         load_golden(settings.golden_cases)  # a malformed file is named before the run starts
+    model_id = Embedder().model_id
+    last = None if args.force else unchanged_since_refresh(settings, model_id)
+    summary = _nothing_changed(last) if last else _refresh(settings)
+    if last is None:
+        record_refresh(settings, model_id, summary)
+    summary["freshness"] = freshness_summary(settings)
+    status = 0 if all(summary["checks"].values()) else 1
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_run(settings, summary)
+    return status
+
+
+def _nothing_changed(last: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a refresh that had nothing to do: the last run's, with zero changes."""
+    documents = last["documents"]
+    live = sum(documents[k] for k in ("added", "changed", "unchanged"))
+    return {
+        **last,
+        "run_id": None,
+        "nothing_changed_since": last["run_id"] or last.get("nothing_changed_since"),
+        "documents": dict.fromkeys(DOCUMENT_COUNTS, 0)
+        | {"unchanged": live, "quarantined": documents["quarantined"]},
+        "chunks": dict.fromkeys(CHUNK_COUNTS, 0),
+        "vectors": last["vectors"] | dict.fromkeys(VECTOR_COUNTS, 0),
+        "eval": last["eval"] and {**last["eval"], "reused": True},
+        "release": last["release"]
+        | {"published": False, "message": f"release {last['release']['served']} is served"},
+    }
+
+
+def _refresh(settings: Settings) -> dict[str, Any]:
+    """Run the refresh job in the Dagster instance under the home; its summary."""
+    # The orchestration layer imports dagster; the core never does, so it is loaded only here.
+    from orchestration.runner import run_refresh
+
     materialized = run_refresh(settings)
     docs = materialized.get("policy_documents", {})
     chunks = materialized.get("policy_chunks", {})
@@ -56,11 +89,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
         "release": _release_summary(settings, materialized.get("served_index")),
         "checks": materialized["checks"],
     }
-    status = 0 if all(summary["checks"].values()) else 1
-    if args.json:
-        print(json.dumps(summary))
-        return status
-    print(f"ragfresh run {summary['run_id']} over {settings.policies}")
+    return summary
+
+
+def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
+    since = summary.get("nothing_changed_since")
+    if since:
+        print(f"ragfresh run: nothing changed since run {since} (policies, tables, model and "
+              "settings as it left them): no run started; --force runs anyway")  # fmt: skip
+    else:
+        print(f"ragfresh run {summary['run_id']} over {settings.policies}")
     print(f"  state: {settings.home} (Dagster instance: {settings.dagster_home})")
     for stage, keys in (("documents", DOCUMENT_COUNTS), ("chunks", CHUNK_COUNTS)):
         print(f"  {stage}: " + ", ".join(f"{k} {summary[stage][k]}" for k in keys))
@@ -76,13 +114,31 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     _print_eval(summary["eval"])
     release = summary["release"]
     print(f"  release: {release['message']}")
+    _print_freshness(summary["freshness"])
+    checks_from = f" (from run {since})" if since else ""
     for check, passed in summary["checks"].items():
-        print(f"  check {check}: {'passed' if passed else 'FAILED (later stages skipped)'}")
-    return status
+        verdict = "passed" if passed else "FAILED (later stages skipped)"
+        print(f"  check {check}: {verdict}{checks_from}")
+
+
+def _print_freshness(freshness: dict[str, Any]) -> None:
+    objective = freshness["objective_seconds"]
+    median = freshness["served_lag_p50_seconds"]
+    lag = f", median lag {median:.0f} s" if median is not None else ""
+    print(f"  freshness: {freshness['served']} document versions served{lag}; "
+          f"{freshness['pending']} pending, {freshness['at_risk']} at risk, "
+          f"{freshness['late']} late (objective {objective:.0f} s)")  # fmt: skip
+    for doc in freshness["waiting"]:
+        what = "removal of" if doc["removal"] else "version"
+        print(f"  {doc['state'].upper().replace('_', ' ')}: {what} {doc['doc_id']} "
+              f"v{doc['doc_version']} waiting {doc['lag_seconds']:.0f} s, owners "
+              f"{', '.join(doc['owners'])}")  # fmt: skip
 
 
 def _release_summary(settings: Settings, served: dict[str, Any] | None) -> dict[str, Any]:
     """`published` and `candidate` after a run; the served release stays when it was skipped."""
+    from ragfresh.releases import release_status
+
     status = release_status(settings)
     latest = (status["latest"] or {}).get("release")
     served_now = (status["published"] or {}).get("release")
@@ -125,6 +181,10 @@ def _print_eval(evaluation: dict[str, Any] | None) -> None:
 
 
 def _eval(settings: Settings, args: argparse.Namespace) -> int:
+    import polars as pl
+
+    from ragfresh.evaluation import evaluate
+
     evaluation = evaluate(settings, Embedder(), run_id="cli:eval")
     if evaluation is None:
         raise RagfreshError(f"no vector index under {settings.vectors_uri}: run a refresh")
@@ -142,6 +202,8 @@ def _eval(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _releases(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.releases import read_releases, release_status
+
     releases = read_releases(settings)
     served = release_status(settings)["published"]
     served_id = served and served["release"]
@@ -165,6 +227,8 @@ def _releases(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.releases import rollback
+
     result = rollback(settings, args.to, actor=args.actor, reason=args.reason)
     if args.json:
         print(json.dumps(result))
@@ -175,6 +239,8 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.search import search_many
+
     questions = [args.question] if args.question else []
     if args.questions:
         try:
@@ -199,6 +265,8 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _trace(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.traces import explain_trace
+
     report = explain_trace(settings, args.trace_id)
     if args.json:
         print(json.dumps({**report.__dict__, "stale_hits": report.stale_hits}, default=str))
@@ -216,17 +284,22 @@ def _trace(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.releases import release_status
+    from ragfresh.status import index_status
+
     status = index_status(settings, Embedder()) | release_status(settings)
+    freshness = freshness_summary(settings)
     if args.json:
-        print(json.dumps(status))
+        print(json.dumps(status | {"freshness": freshness}))
     else:
         for key, value in status.items():
             print(f"{key}: {value}")
         published = status["published"]
         if published and published["verdict"] == "unevaluated":
             print("note: the served release is UNEVALUATED: no golden case gates it")
+        _print_freshness(freshness)
     lagging = status["documents_not_chunked"] + status["chunks_over_token_limit"]
-    healthy = not lagging and not any(status["reconciliation"].values())
+    healthy = not lagging and not any(status["reconciliation"].values()) and not freshness["late"]
     return 0 if healthy and not status["waiting"] else 1
 
 
@@ -259,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="materialize the whole asset graph and print a summary")
     run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     run.add_argument("--golden", help=GOLDEN_HELP)
+    run.add_argument(
+        "--force", action="store_true", help="start a run even when nothing changed since the last"
+    )
     run.set_defaults(handler=_run)
     evaluation = commands.add_parser(
         "eval", help="evaluate the newest index with the golden cases, without publishing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,22 @@ def _fraction_setting(name: str, default: float) -> float:
     return value
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(name: str, raw: str) -> float:
+    """Seconds from `90`, `90s`, `10m`, `1.5h` or `2d`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", raw)
+    if not match or float(match[1]) <= 0:
+        raise ConfigError(f"{name}={raw!r} is not a positive duration such as 90s, 10m or 1h")
+    return float(match[1]) * DURATION_UNITS[match[2] or "s"]
+
+
+def freshness_slo() -> float:
+    """The freshness objective in seconds: `RAGFRESH_FRESHNESS_SLO`, default 10 minutes."""
+    return parse_duration("RAGFRESH_FRESHNESS_SLO", os.environ.get("RAGFRESH_FRESHNESS_SLO", "10m"))
+
+
 DEFAULT_GOLDEN = Path("evals") / "golden_cases.csv"
 
 
@@ -90,6 +107,8 @@ class Settings:
     gate: Gate = field(default_factory=Gate)
     judge_url: str | None = None
     judge_model: str | None = None
+    freshness_slo: float = 600.0
+    source_quiet_seconds: float = 2.0
 
     @property
     def dagster_home(self) -> Path:
@@ -143,4 +162,8 @@ class Settings:
             ),
             judge_url=env.get("RAGFRESH_JUDGE_URL") or None,
             judge_model=env.get("RAGFRESH_JUDGE_MODEL") or None,
+            freshness_slo=freshness_slo(),
+            source_quiet_seconds=parse_duration(
+                "RAGFRESH_SOURCE_QUIET", env.get("RAGFRESH_SOURCE_QUIET", "2s")
+            ),
         )

@@ -14,13 +14,17 @@ import polars as pl
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.errors import RagfreshError
+from ragfresh.freshness import record_seen
 from ragfresh.governance import Governance, OwnerRule, load_owner_rules, resolve_governance
+from ragfresh.local_state import read_state, write_state
 from ragfresh.parsing import ParseError, parse_document, read_front_matter
 from ragfresh.pii import PiiSpan, detect_pii, detector_id
-from ragfresh.sources import OWNERS_FILE, SourceFile, scan_sources, sha256_bytes
+from ragfresh.sources import OWNERS_FILE, SourceFile, TreeState, scan_sources, sha256_bytes
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
 log = logging.getLogger(__name__)
+
+INGESTED_TREE = "ingested_tree"
 
 
 class EmptyPoliciesError(RagfreshError):
@@ -113,11 +117,21 @@ def _same_content(
     return (change, content) if change else None
 
 
+def ingested_tree(settings: Settings) -> TreeState | None:
+    """The policies tree as the last completed ingestion saw it (None before the first)."""
+    text = read_state(settings, INGESTED_TREE)
+    state = TreeState.from_json(text) if text else None
+    return state if state and state.root == settings.policies else None
+
+
 def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
-    """Bring `policy_documents` in line with the policies folder in one merge commit."""
+    """Bring `policy_documents` in line with the policies folder in one merge commit. Files
+    whose size and mtime did not move since the last ingestion are not read again."""
     now = datetime.now(tz=UTC)
+    before = ingested_tree(settings)
     rules, rule_errors = load_owner_rules(settings.policies / OWNERS_FILE)
-    files, scan_errors = scan_sources(settings.policies)
+    files, scan_errors, tree = scan_sources(settings.policies, before.files if before else None)
+    owners_moved = before is None or before.files.get(OWNERS_FILE) != tree.files.get(OWNERS_FILE)
     errors = [(OWNERS_FILE, None, f"OWNERS {e}") for e in rule_errors]
     errors += [(path, None, reason) for path, reason in scan_errors]
     latest = {row["doc_id"]: row for row in read_latest(settings).iter_rows(named=True)}
@@ -139,7 +153,9 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
             held = Governance(tuple(live["owners"]), live["classification"]) if live else None
             doc_rules = _Rules([], held) if rule_errors and held else _Rules(rules, None)
             if live and live["content_sha256"] == source.sha256:
-                update = _same_content(source, live, doc_rules, detector)
+                # Same bytes: governance moves only with OWNERS, PII spans only with the detector.
+                moved = owners_moved or live["pii_detector"] != detector
+                update = _same_content(source, live, doc_rules, detector) if moved else None
                 if update is None:
                     counts["unchanged"] += 1
                     continue
@@ -189,7 +205,9 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
         )
     new_versions = pl.DataFrame(new_rows, schema=empty_frame(POLICY_DOCUMENTS).schema)
     table_version = _write_versions(settings, new_versions, latest, run_id)
+    record_seen(settings, new_versions, run_id)
     error_frame = _record_errors(settings, errors, run_id, now)
+    write_state(settings, INGESTED_TREE, tree.to_json())
     return IngestResult(
         added=counts["added"],
         changed=counts["changed"],

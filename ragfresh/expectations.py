@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+
+from ragfresh import delta_store
+from ragfresh.config import Settings
+from ragfresh.local_state import read_state, write_state
+from ragfresh.tables import TableDef
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +72,41 @@ def validate(frame: pl.DataFrame, suite: dict[str, Any]) -> Validation:
         "suite %s: %d expectations, %d failed", suite["name"], len(result.results), len(failures)
     )
     return Validation(bool(result.success), len(result.results), failures)
+
+
+@dataclass(frozen=True)
+class TableValidation:
+    """A table's validation at one Delta version; `reused` when that version was validated
+    before with the same suite, so it was not read or validated again."""
+
+    validation: Validation
+    rows: int
+    table_version: int | None
+    reused: bool
+
+
+def validate_table(settings: Settings, table: TableDef, suite: dict[str, Any]) -> TableValidation:
+    """Validate the table against its suite, unless this version already was."""
+    uri = settings.table_uri(table.name)
+    delta = delta_store.open_table(uri)
+    key = {
+        "uri": uri,
+        "table_version": delta.version() if delta else None,
+        "suite_sha256": hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest(),
+    }
+    record = f"check_{table.name}"
+    cached = json.loads(read_state(settings, record) or "{}")
+    if cached.get("key") == key:
+        return TableValidation(
+            Validation(**cached["validation"]), cached["rows"], key["table_version"], True
+        )
+    frame = delta_store.read_table(uri, table.schema)
+    validation = validate(frame, suite)
+    write_state(
+        settings,
+        record,
+        json.dumps(
+            {"key": key, "rows": frame.height, "validation": asdict(validation)}, default=str
+        ),
+    )
+    return TableValidation(validation, frame.height, key["table_version"], False)

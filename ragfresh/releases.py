@@ -16,6 +16,7 @@ import polars as pl
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.errors import RagfreshError
+from ragfresh.freshness import record_published
 from ragfresh.tables import EVAL_RUNS, RELEASE_AUDIT, RELEASES, empty_frame
 from ragfresh.vectors import open_vectors, writer_lock
 
@@ -145,6 +146,7 @@ def publish_candidate(settings: Settings, actor: str) -> PublishResult:
         reason = f"evaluation {evaluation['eval_run_id']} {verdict}"
         previous = _serve(settings, table, candidate)
         _audit(settings, "publish", candidate, previous, actor, reason)
+        record_published(settings, candidate, run_id=actor)
         log.info("published release %d (%s)", candidate, reason)
         return PublishResult(True, candidate, candidate, verdict, f"published release {candidate}")
 

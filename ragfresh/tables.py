@@ -229,11 +229,29 @@ RELEASE_AUDIT = TableDef(
     ]),
 )  # fmt: skip
 
+DOCUMENT_FRESHNESS = TableDef(
+    name="document_freshness",
+    description="How long each document version took from being seen to being served.",
+    owner="team:data-platform",
+    key=("doc_id", "doc_version"),
+    schema=pa.schema([
+        col("doc_id", pa.string(), "Document"),
+        col("doc_version", pa.int64(), "Version of policy_documents (a tombstone for a removal)"),
+        col("owners", pa.list_(pa.string()), "Owning teams or people; empty means unowned"),
+        col("is_deleted", pa.bool_(), "True when this version is the document's removal"),
+        col("modified_at", TS, "File modification time; null for a removal"),
+        col("seen_at", TS, "When ingestion wrote this version: the start of its lag"),
+        col("embedded_at", TS, "When the vector table first matched this version"),
+        col("published_at", TS, "When a release holding this version was first published"),
+        col("release", pa.int64(), "That release"),
+    ]),
+)  # fmt: skip
+
 TABLES = {
     t.name: t
     for t in (
         POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, RETRIEVAL_TRACES,
-        EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT,
+        EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT, DOCUMENT_FRESHNESS,
     )
 }  # fmt: skip
 

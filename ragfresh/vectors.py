@@ -19,6 +19,7 @@ from lancedb.index import FTS, IvfPq
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+from ragfresh.freshness import record_embedded
 from ragfresh.sql import in_list, literal
 from ragfresh.tables import POLICY_CHUNKS, TS
 
@@ -129,7 +130,9 @@ def writer_lock(settings: Settings) -> Iterator[None]:
 def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
     """Bring the vector table in line with current chunks, under the single-writer lock."""
     with writer_lock(settings):
-        return _sync(settings, embedder)
+        result = _sync(settings, embedder)
+        record_embedded(settings, run_id=f"vectors:{result.table_version}")
+        return result
 
 
 def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
