@@ -1,8 +1,11 @@
 """A snapshot of every asset spec: keys, deps, owners, kinds, tags, groups and automation."""
 
+import dagster as dg
+
 from orchestration.definitions import defs
 from ragfresh.tables import TABLES
 
+FOLLOWS = "eager, upstream blocking checks passed"
 EXPECTED = {
     "policy_documents": {
         "deps": [], "group": "ingestion", "owners": ["team:data-platform"],
@@ -17,22 +20,27 @@ EXPECTED = {
     "policy_chunks": {
         "deps": ["policy_documents"], "group": "indexing", "owners": ["team:data-platform"],
         "kinds": ["deltalake", "polars"], "tags": {"layer": "silver", "pii": "redacted"},
-        "automation": "eager",
+        "automation": FOLLOWS,
     },
     "policy_vectors": {
         "deps": ["policy_chunks"], "group": "indexing", "owners": ["team:data-platform"],
         "kinds": ["lancedb", "pytorch"], "tags": {"layer": "gold", "pii": "redacted"},
-        "automation": "eager",
+        "automation": FOLLOWS,
     },
     "regression_eval": {
         "deps": ["policy_vectors"], "group": "evaluation", "owners": ["team:data-platform"],
         "kinds": ["deltalake", "lancedb"], "tags": {"layer": "quality", "pii": "redacted"},
-        "automation": "eager",
+        "automation": FOLLOWS,
     },
     "served_index": {
         "deps": ["regression_eval"], "group": "serving", "owners": ["team:data-platform"],
         "kinds": ["deltalake", "lancedb"], "tags": {"layer": "serving", "pii": "redacted"},
-        "automation": "eager",
+        "automation": FOLLOWS,
+    },
+    "document_freshness": {
+        "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
+        "kinds": ["deltalake"], "tags": {"layer": "quality", "pii": "none"},
+        "automation": None,
     },
     "retrieval_traces": {
         "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
@@ -81,4 +89,23 @@ def test_vector_writes_share_one_pool_and_the_checks_block():
         "policy_chunks:expectations": True,
         "policy_vectors:vectors_reconcile": True,
         "regression_eval:release_gate": True,
+        "document_freshness:freshness_objective": False,  # warns, then fails; blocks nothing
     }
+
+
+def test_the_sensors_run_from_the_start_and_runs_stay_in_one_process():
+    sensors = {s.name: s for s in defs.sensors}
+    assert set(sensors) == {
+        "policy_source_sensor",
+        "stale_embeddings_sensor",
+        "ragfresh_automation",
+    }
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
+    assert isinstance(sensors["ragfresh_automation"], dg.AutomationConditionSensorDefinition)
+    policy = (
+        defs.resolve_assets_def("served_index")
+        .specs_by_key[dg.AssetKey("served_index")]
+        .freshness_policy
+    )
+    assert policy.fail_window.to_timedelta().total_seconds() == 600
+    assert defs.resolve_job_def("refresh_policies").executor_def is dg.in_process_executor

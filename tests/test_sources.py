@@ -1,10 +1,12 @@
 import hashlib
 import os
+import threading
+import time
 
 import pytest
 
 from ragfresh.errors import PoliciesNotFoundError
-from ragfresh.sources import scan_sources
+from ragfresh.sources import TreeState, scan_sources, tree_state, wait_until_quiet
 
 
 def test_scan_hashes_files_and_skips_hidden_and_owners(tmp_path):
@@ -14,7 +16,7 @@ def test_scan_hashes_files_and_skips_hidden_and_owners(tmp_path):
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("x")
     (tmp_path / ".DS_Store").write_text("x")
-    files, errors = scan_sources(tmp_path)
+    files, errors, _ = scan_sources(tmp_path)
     assert errors == []
     assert [f.doc_id for f in files] == ["hr/leave.md"]
     assert files[0].sha256 == hashlib.sha256(b"# Leave").hexdigest()
@@ -27,7 +29,7 @@ def test_odd_files_are_reported_not_raised(tmp_path):
     os.mkfifo(tmp_path / "pipe.md")
     (tmp_path / "hr").mkdir()
     (tmp_path / "hr" / "OWNERS").write_text("* team:hr\n")
-    files, errors = scan_sources(tmp_path)
+    files, errors, _ = scan_sources(tmp_path)
     assert [f.doc_id for f in files] == ["ok.md"]
     reasons = dict(errors)
     assert reasons["loop.md"].startswith("not a regular file")
@@ -45,3 +47,94 @@ def test_a_root_below_a_hidden_folder_is_scanned(tmp_path):
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(PoliciesNotFoundError, match="policies folder not found"):
         scan_sources(tmp_path / "nope")
+
+
+def write_policies(root, count=3):
+    for number in range(count):
+        (root / f"p{number}.md").write_text(f"# Policy {number}\n\nText {number}.")
+    (root / "OWNERS").write_text("* team:risk\n")
+
+
+def test_the_fingerprint_moves_with_content_presence_and_problems_not_with_a_touch(tmp_path):
+    write_policies(tmp_path)
+    first = tree_state(tmp_path)
+    later = time.time() + 100
+    os.utime(tmp_path / "p0.md", (later, later))
+    touched = tree_state(tmp_path, first.files)
+    assert touched.fingerprint == first.fingerprint
+    assert touched.files["p0.md"].mtime_ns != first.files["p0.md"].mtime_ns
+    (tmp_path / "p1.md").write_text("# Policy 1\n\nNew text.")
+    (tmp_path / "p3.md").write_text("# Policy 3")
+    (tmp_path / "p2.md").unlink()
+    edited = tree_state(tmp_path, touched.files)
+    assert edited.fingerprint != first.fingerprint
+    assert edited.changes_since(first) == {
+        "added": ["p3.md"], "changed": ["p1.md"], "removed": ["p2.md"]
+    }  # fmt: skip
+    (tmp_path / "OWNERS").write_text("* team:hr\n")
+    assert tree_state(tmp_path, edited.files).fingerprint != edited.fingerprint
+    (tmp_path / "pipe.md").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "pipe.md")
+    assert tree_state(tmp_path, edited.files).problems == {
+        "pipe.md": "not a regular file (broken link, pipe or device)"
+    }
+
+
+def test_files_whose_stat_did_not_move_are_not_read_again(tmp_path):
+    write_policies(tmp_path, 1)
+    path = tmp_path / "p0.md"
+    first = tree_state(tmp_path)
+    stat = path.stat()
+    path.write_text(path.read_text().replace("Text", "Tezt"))  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert tree_state(tmp_path, first.files).files["p0.md"] == first.files["p0.md"]
+    assert tree_state(tmp_path).files["p0.md"] != first.files["p0.md"]
+
+
+def test_tree_state_round_trips_through_json(tmp_path):
+    write_policies(tmp_path)
+    (tmp_path / "loop.md").symlink_to(tmp_path / "loop.md")
+    state = tree_state(tmp_path)
+    again = TreeState.from_json(state.to_json())
+    assert (again.files, again.problems, again.fingerprint) == (
+        state.files, state.problems, state.fingerprint
+    )  # fmt: skip
+
+
+def test_a_burst_of_saves_is_waited_out(tmp_path):
+    write_policies(tmp_path)
+    old = time.time() - 60
+    for path in tmp_path.iterdir():
+        os.utime(path, (old, old))
+    os.utime(tmp_path, (old, old))
+    assert wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=5) is not None
+
+    def burst():
+        for number in range(10):
+            (tmp_path / f"burst{number}.md").write_text(f"# Burst {number}")
+            time.sleep(0.1)
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    settled = wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=10)
+    writer.join()
+    assert settled is not None and len(settled.files) == 14  # 3 policies, OWNERS, 10 new
+    assert time.time() - settled.newest_mtime >= 0.5
+
+
+def test_a_tree_that_keeps_changing_gives_up_at_the_timeout(tmp_path):
+    write_policies(tmp_path)
+    stop = threading.Event()
+
+    def keep_writing():
+        while not stop.is_set():
+            (tmp_path / "p0.md").write_text(f"# Policy {time.time()}")
+            time.sleep(0.05)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        assert wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=1.5) is None
+    finally:
+        stop.set()
+        writer.join()

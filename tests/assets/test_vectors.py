@@ -29,6 +29,7 @@ ALL_PASS = {
     "policy_chunks:expectations": True,
     "policy_vectors:vectors_reconcile": True,
     "regression_eval:release_gate": True,
+    "document_freshness:freshness_objective": True,
 }
 
 

@@ -1,0 +1,193 @@
+"""The sensors tick by tick on a persistent instance, and the runs they request, executed."""
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import dagster as dg
+import lancedb
+import pytest
+
+from orchestration.definitions import defs
+from orchestration.resources import EmbedderResource, RagfreshResource
+from orchestration.sensors import policy_source_sensor, stale_embeddings_sensor
+from ragfresh.embedding import default_model_path
+from ragfresh.vectors import VECTORS
+
+LEAVE = "hr/annual-leave.md"
+
+
+@pytest.fixture
+def instance(tmp_path, small_settings, monkeypatch):
+    monkeypatch.setenv("RAGFRESH_SOURCE_QUIET", "0.3s")
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield instance
+
+
+class Ticks:
+    """Evaluates a sensor as the daemon does, carrying its cursor from tick to tick."""
+
+    def __init__(self, sensor, instance, **resources):
+        self.sensor, self.instance, self.cursor = sensor, instance, None
+        self.resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
+        self.resources |= resources
+
+    def tick(self) -> list[dg.RunRequest]:
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources=self.resources
+        )
+        result = self.sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        self.cursor = result.cursor or self.cursor
+        return list(result.run_requests or [])
+
+
+def execute(instance, request: dg.RunRequest, job: str) -> dict:
+    """Run what the sensor asked for, as the daemon would launch it."""
+    result = defs.resolve_job_def(job).execute_in_process(instance=instance, tags=request.tags)
+    assert result.success
+    return {
+        e.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in e.metadata.items()}
+        for e in (
+            m.event_specific_data.materialization for m in result.get_asset_materialization_events()
+        )
+    }
+
+
+def settle_mtimes(root):
+    """Age every file so the folder counts as quiet at once."""
+    old = time.time() - 60
+    for path in [root, *root.rglob("*")]:
+        os.utime(path, (old, old))
+
+
+def test_source_sensor_requests_one_run_per_change_and_none_for_a_touch(
+    instance, small_settings, embedder
+):
+    root = small_settings.policies
+    settle_mtimes(root)
+    source = Ticks(policy_source_sensor, instance)
+    (first,) = source.tick()  # a new home: build it
+    assert first.tags["ragfresh/trigger"] == "policy_source_sensor"
+    assert execute(instance, first, "refresh_policies")["policy_documents"]["added"] == 5
+    assert source.tick() == []
+
+    later = time.time() + 5
+    os.utime(root / LEAVE, (later, later))
+    assert source.tick() == [], "a touch changes no content"
+
+    path = root / LEAVE
+    path.write_text(path.read_text() + "\n\nStaff may carry over ten days of leave.\n")
+    (edit,) = source.tick()
+    assert edit.tags["ragfresh/changes"] == "1 changed" and edit.run_key != first.run_key
+    done = execute(instance, edit, "refresh_policies")
+    assert done["policy_documents"]["changed"] == 1 and done["served_index"]["published"]
+    assert source.tick() == []
+
+    (root / "retail" / "overdraft-fees.md").unlink()
+    (removal,) = source.tick()
+    assert removal.tags["ragfresh/changes"] == "1 removed"
+    assert execute(instance, removal, "refresh_policies")["policy_documents"]["deleted"] == 1
+    assert source.tick() == []
+
+
+def test_a_burst_of_saves_requests_one_run(instance, small_settings):
+    root = small_settings.policies
+    settle_mtimes(root)
+    source = Ticks(policy_source_sensor, instance)
+    source.cursor = json.dumps({"tree": _tree_json(root)})  # as if already built
+
+    def burst():
+        for number in range(30):
+            (root / f"burst-{number}.md").write_text(f"# Burst {number}\n\nSaved by an editor.")
+            time.sleep(0.03)
+
+    writer = threading.Thread(target=burst)
+    writer.start()
+    time.sleep(0.05)
+    requests = source.tick()  # starts mid-burst and waits for the folder to go quiet
+    writer.join()
+    requests += source.tick()
+    assert len(requests) == 1 and requests[0].tags["ragfresh/changes"] == "30 added"
+
+
+def _tree_json(root):
+    from ragfresh.sources import tree_state
+
+    return tree_state(root).to_json()
+
+
+def test_a_revert_requests_a_run_again(instance, small_settings):
+    root = small_settings.policies
+    settle_mtimes(root)
+    source = Ticks(policy_source_sensor, instance)
+    source.cursor = json.dumps({"tree": _tree_json(root)})
+    path = root / LEAVE
+    original = path.read_text()
+    keys = []
+    for text in (original + "\nEdited.\n", original):
+        path.write_text(text)
+        settle_mtimes(root)
+        keys += [r.run_key for r in source.tick()]
+    assert len(keys) == 2 and len(set(keys)) == 2
+
+
+def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
+    instance, small_settings, embedder, tmp_path
+):
+    settle_mtimes(small_settings.policies)
+    (build,) = Ticks(policy_source_sensor, instance).tick()
+    execute(instance, build, "refresh_policies")
+    stale = Ticks(stale_embeddings_sensor, instance)
+    assert stale.tick() == []
+
+    table = lancedb.connect(small_settings.vectors_uri).open_table(VECTORS)
+    gone = table.search().limit(1).to_list()[0]["chunk_id"]
+    table.delete(f"chunk_id = '{gone}'")
+    (repair,) = stale.tick()
+    assert repair.tags["ragfresh/trigger"] == "stale_embeddings_sensor"
+    assert "1 missing vectors" in repair.tags["ragfresh/reason"]
+    repaired = execute(instance, repair, "refresh_vectors")
+    assert repaired["policy_vectors"]["embedded"] == 1  # its vector went with the row
+    assert repaired["served_index"]["published"]
+    assert stale.tick() == []
+
+    upgraded = tmp_path / "upgraded-model"
+    shutil.copytree(default_model_path(), upgraded)
+    config = json.loads((upgraded / "config.json").read_text())
+    (upgraded / "config.json").write_text(json.dumps({**config, "note": "upgraded"}))
+    new_model = Ticks(
+        stale_embeddings_sensor, instance, embedder=EmbedderResource(model_path=str(upgraded))
+    )
+    (upgrade,) = new_model.tick()
+    assert "model mismatch vectors" in upgrade.tags["ragfresh/reason"]
+
+
+def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
+    instance, small_settings, embedder
+):
+    settle_mtimes(small_settings.policies)
+    (build,) = Ticks(policy_source_sensor, instance).tick()
+    execute(instance, build, "refresh_policies")
+    key = dg.AssetKey("served_index")
+    published = instance.get_latest_materialization_event(key)
+    context = dg.build_sensor_context(
+        instance=instance,
+        resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
+    )
+    assert stale_embeddings_sensor(context).asset_events == []  # just published
+    os.environ["RAGFRESH_FRESHNESS_SLO"] = "0.1s"
+    try:
+        time.sleep(0.1)
+        (confirmed,) = stale_embeddings_sensor(context).asset_events
+    finally:
+        del os.environ["RAGFRESH_FRESHNESS_SLO"]
+    assert confirmed.asset_key == key
+    assert (
+        confirmed.metadata["release"].value
+        == published.asset_materialization.metadata["release"].value
+    )

@@ -1,0 +1,71 @@
+"""End to end under `ragfresh dev`: a saved policy edit reaches search with nobody clicking.
+
+Slow (about two minutes on two cores): it builds the bundled corpus, starts the Dagster
+webserver and daemon on a free port of 127.0.0.1, edits a page and waits until search serves
+the edit, through `benchmarks/edit_to_served.py`, which stops the server whatever happens.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO
+
+BENCHMARK = REPO / "benchmarks" / "edit_to_served.py"
+EDIT_TO_SERVED_BOUND_SECONDS = 240
+
+
+def load_benchmark() -> ModuleType:
+    """The benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location("edit_to_served", BENCHMARK)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def group_gone(pgid: int) -> bool:
+    """Whether no process of the group is left."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(900)  # slow: a build, a Dagster dev server, a sensor-triggered run
+def test_slow_a_saved_edit_is_served_by_a_sensor_run_with_nothing_clicked(tmp_path: Path):
+    bench = load_benchmark()
+    edit = bench.replacement_edit(
+        BUNDLED,
+        "retail/overdraft-fees.md",
+        old="$29 per item",
+        new="$31 per item",
+        question="How much is the overdraft fee per item?",
+    )
+
+    figures = bench.measure(
+        BUNDLED, BUNDLED_GOLDEN, tmp_path, timeout=EDIT_TO_SERVED_BOUND_SECONDS, edit=edit
+    )
+
+    print(bench.report(figures))
+    assert group_gone(figures["dev_pid"]), "the dev server's process group outlived measure"
+    # Requested by the policy source sensor through the daemon: nobody launched it.
+    assert figures["run_tags"]["ragfresh/trigger"] == "policy_source_sensor"
+    assert figures["run_tags"]["dagster/sensor_name"] == "policy_source_sensor"
+    # Served by a newer release than the one searched before the edit, old fee gone.
+    assert figures["release_after"] > figures["release_before"]
+    assert not figures["old_text_still_served"]
+    times = figures["seconds_since_edit"]
+    assert list(times) == list(bench.STAGES)
+    ordered = [times[stage] for stage in bench.STAGES]
+    assert ordered[0] >= 0 and ordered == sorted(ordered), times
+    assert times["served"] <= EDIT_TO_SERVED_BOUND_SECONDS
+    assert figures["dominant_stage"] in bench.STAGES
