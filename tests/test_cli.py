@@ -41,8 +41,29 @@ def test_run_json_summary_and_runs_recorded_in_the_instance(settings, corpus):
 
     text = ragfresh(settings, "run")
     assert text.returncode == 0, text.stderr
+    assert f"nothing changed since run {summary['run_id']}" in text.stdout
     assert "documents: added 0, changed 0, deleted 0, unchanged 22, quarantined 1" in text.stdout
     assert "quarantined broken.md: malformed YAML front matter" in text.stdout
+    assert "freshness: 22 document versions served" in text.stdout
+    assert len(instance.get_run_records()) == 1, "a run with nothing to do starts no run"
+
+    forced = json.loads(ragfresh(settings, "run", "--force", "--json").stdout)
+    assert forced["run_id"] and forced["vectors"]["embedded"] == 0
+    assert forced["checks"]["document_freshness:freshness_objective"]
+
+
+def test_a_run_with_nothing_to_do_loads_no_model_dagster_or_great_expectations(small_settings):
+    assert ragfresh(small_settings, "run").returncode == 0
+    probe = (
+        "import sys; from ragfresh.cli import main; code = main(['run']); "
+        "heavy = [m for m in ('dagster', 'great_expectations', 'torch', 'sentence_transformers', "
+        "'lancedb', 'presidio_analyzer') if m in sys.modules]; print('HEAVY', heavy, code)"
+    )
+    env = {**os.environ, "RAGFRESH_HOME": str(small_settings.home),
+           "RAGFRESH_POLICIES": str(small_settings.policies)}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert "nothing changed since run" in done.stdout
+    assert "HEAVY [] 0" in done.stdout, done.stdout + done.stderr
 
 
 def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
