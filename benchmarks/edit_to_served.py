@@ -487,7 +487,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "load_average_1m": round(os.getloadavg()[0], 2),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -506,6 +506,7 @@ def measure(
     """Build the corpus, start `ragfresh dev`, edit one page and time each stage until search
     serves the edit; the figures. The dev server is stopped whatever happens."""
     corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
+    where = machine()  # before anything starts: the load others put on it
     edit = edit or choose_edit(corpus)
     workdir.mkdir(parents=True, exist_ok=True)
     policies = prepare_copy(corpus, workdir, edit)
@@ -538,7 +539,7 @@ def measure(
     dominant = max(spent, key=spent.__getitem__)
     return {
         "date": datetime.now(tz=UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": where,
         "corpus": str(corpus),
         "golden": str(golden),
         "documents": sum(summary["documents"][k] for k in ("added", "changed", "unchanged")),

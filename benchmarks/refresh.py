@@ -1,5 +1,6 @@
 """Refresh benchmark on the 18F handbook: full build against raw `model.encode`, no-op refresh,
-one real edit, a deleted page, search latency and peak memory. Prints and saves the figures.
+one real edit, a deleted page, search latency, peak memory, and `ragfresh run` end to end as a
+person types it (no-op and one real edit). Prints and saves the figures.
 
     .venv/bin/python benchmarks/refresh.py [--out benchmarks/results/refresh.json]
 """
@@ -13,6 +14,8 @@ import platform
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -32,6 +35,7 @@ from ragfresh.vectors import reconcile, sync_vectors
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
 EDIT = "18f-advanced-annual-leave"
+CLI_EDIT = "18f-transit-benefit-registration"
 GOLDEN = REPO / "evals" / "18f_golden_cases.csv"
 
 
@@ -39,6 +43,42 @@ def timed(fn, *args):
     started = time.perf_counter()
     value = fn(*args)
     return value, time.perf_counter() - started
+
+
+def ragfresh_run(settings: Settings) -> tuple[dict, float]:
+    """`ragfresh run --json` in a new process, as a person runs it: its summary and seconds."""
+    env = os.environ | {
+        "RAGFRESH_HOME": str(settings.home),
+        "RAGFRESH_POLICIES": str(settings.policies),
+        "RAGFRESH_GOLDEN_CASES": str(GOLDEN),
+    }
+    command = [sys.executable, "-m", "ragfresh.cli", "run", "--json"]
+    done, seconds = timed(lambda: subprocess.run(command, env=env, capture_output=True, text=True))
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"ragfresh run failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout), seconds
+
+
+def command_line(settings: Settings, edit: dict) -> dict:
+    """End-to-end seconds of `ragfresh run`: the first (which records what it left), three
+    with nothing changed, and one real edit."""
+    _, first = ragfresh_run(settings)
+    noops = [ragfresh_run(settings) for _ in range(3)]
+    assert all(summary["nothing_changed_since"] for summary, _ in noops)
+    target = settings.policies / edit["path"].removeprefix("pages/")
+    shutil.copy(HANDBOOK / edit["after_file"], target)
+    edited, edit_seconds = ragfresh_run(settings)
+    return {
+        "first_run_seconds": round(first, 2),
+        "noop_seconds": [round(seconds, 2) for _, seconds in noops],
+        "noop_median_seconds": round(statistics.median(s for _, s in noops), 2),
+        "one_real_edit": {
+            "page": edit["path"],
+            "seconds": round(edit_seconds, 2),
+            "embedded": edited["vectors"]["embedded"],
+            "published": edited["release"]["published"],
+        },
+    }
 
 
 def main() -> None:
@@ -156,6 +196,7 @@ def main() -> None:
     _, dagster_noop = timed(lambda: job.execute_in_process(instance=instance))
     figures["noop_refresh"]["dagster_job_seconds_with_checks"] = round(dagster_noop, 2)
     figures["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    figures["command_line"] = command_line(settings, changes[CLI_EDIT])
     shutil.rmtree(work)
 
     out = Path(args.out)

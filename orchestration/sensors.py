@@ -11,9 +11,10 @@ import time
 import dagster as dg
 
 from orchestration.automation import INTERVAL_SECONDS
-from orchestration.jobs import refresh_policies, refresh_vectors
+from orchestration.jobs import check_freshness, refresh_policies, refresh_vectors
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh import delta_store
+from ragfresh.config import Settings
 from ragfresh.documents import ingested_tree
 from ragfresh.freshness import freshness_summary
 from ragfresh.releases import release_status
@@ -79,13 +80,13 @@ def policy_source_sensor(
     )
 
 
-def _drift(ragfresh: RagfreshResource, embedder: EmbedderResource) -> tuple[list[str], str]:
+def _drift(
+    settings: Settings, embedder: EmbedderResource, late: list[str]
+) -> tuple[list[str], str]:
     """Why the served index is behind (empty if it is not), and a key for this state."""
-    settings = ragfresh.settings()
     model_id = embedder.embedder().model_id  # hashes the model files; loads no weights
     counts = reconcile(settings, model_id)
     reasons = [f"{n} {kind.replace('_', ' ')} vectors" for kind, n in counts.items() if n]
-    late = [w["doc_id"] for w in freshness_summary(settings)["waiting"] if w["state"] == "late"]
     if late:
         reasons.append(f"{len(late)} documents not served within the objective: {late[:5]}")
     chunks = delta_store.open_table(settings.table_uri(POLICY_CHUNKS.name))
@@ -95,11 +96,15 @@ def _drift(ragfresh: RagfreshResource, embedder: EmbedderResource) -> tuple[list
         chunks.version() if chunks else None,
         vectors.version if vectors else None,
     ]  # fmt: skip
-    return reasons, hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+    return reasons, _key(state)
+
+
+def _key(state: object) -> str:
+    return hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
 
 
 @dg.sensor(
-    job=refresh_vectors,
+    jobs=[refresh_vectors, check_freshness],
     minimum_interval_seconds=INTERVAL_SECONDS * 6,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -108,37 +113,60 @@ def stale_embeddings_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """Request a vectors refresh (and so an evaluation) when vectors are missing, stale,
     orphaned, duplicated or from another model, or a document waits past the freshness
-    objective. While all is current, it confirms `served_index` fresh for its policy."""
+    objective; run the freshness check whenever a waiting document changes state. While all
+    is current, it confirms `served_index` fresh for its freshness policy."""
     running = refresh_in_flight(context.instance)
     if running:
         return dg.SkipReason(f"run {running} in flight: reconciled after it")
-    reasons, key = _drift(ragfresh, embedder)
+    settings = ragfresh.settings()
+    cursor = json.loads(context.cursor or "{}")
+    waiting = freshness_summary(settings)["waiting"]
+    late = [w["doc_id"] for w in waiting if w["state"] == "late"]
+    reasons, key = _drift(settings, embedder, late)
+    requests = []
     if reasons:
         context.log.info("stale index: %s", "; ".join(reasons))
-        return dg.SensorResult(
-            run_requests=[
-                dg.RunRequest(
-                    run_key=f"stale-{key}",
-                    tags={
-                        "ragfresh/trigger": "stale_embeddings_sensor",
-                        "ragfresh/reason": "; ".join(reasons)[:200],
-                    },
-                )
-            ]
+        requests.append(
+            dg.RunRequest(
+                job_name=refresh_vectors.name,
+                run_key=f"stale-{key}",
+                tags={
+                    "ragfresh/trigger": "stale_embeddings_sensor",
+                    "ragfresh/reason": "; ".join(reasons)[:200],
+                },
+            )
         )
+    judged = _key([(w["doc_id"], w["doc_version"], w["state"]) for w in waiting])
+    checks = cursor.get("checks", 0)
+    if judged != cursor.get("freshness"):
+        checks += 1
+        states = ", ".join(f"{w['doc_id']} {w['state']}" for w in waiting[:5]) or "none waiting"
+        requests.append(
+            dg.RunRequest(
+                job_name=check_freshness.name,
+                run_key=f"freshness-{judged}-{checks}",
+                tags={
+                    "ragfresh/trigger": "stale_embeddings_sensor",
+                    "ragfresh/reason": states[:200],
+                },
+            )
+        )
+    cursor = json.dumps({"freshness": judged, "checks": checks})
+    if requests:
+        return dg.SensorResult(run_requests=requests, cursor=cursor)
     return dg.SensorResult(
         skip_reason="vectors match the current chunks and model; nothing waits",
-        asset_events=_confirm_served(context, ragfresh),
+        asset_events=_confirm_served(context, settings),
+        cursor=cursor,
     )
 
 
 def _confirm_served(
-    context: dg.SensorEvaluationContext, ragfresh: RagfreshResource
+    context: dg.SensorEvaluationContext, settings: Settings
 ) -> list[dg.AssetMaterialization]:
     """A materialization of `served_index` saying the served release is still current, once
     the last one is older than half the objective: its freshness policy judges time since
     the last materialization, and a quiet corpus is not a stale index."""
-    settings = ragfresh.settings()
     last = context.instance.get_latest_materialization_event(dg.AssetKey("served_index"))
     status = release_status(settings)
     if status["waiting"] or status["published"] is None:

@@ -58,6 +58,9 @@ def _load_model(path: Path):  # -> SentenceTransformer; imported here: torch is 
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # "Loading weights" is noise in every output
 
     started = time.perf_counter()
     model = SentenceTransformer(str(path), device="cpu", local_files_only=True)

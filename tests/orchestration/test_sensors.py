@@ -17,6 +17,7 @@ from ragfresh.embedding import default_model_path
 from ragfresh.vectors import VECTORS
 
 LEAVE = "hr/annual-leave.md"
+VECTORS_JOB = "refresh_vectors"
 
 
 @pytest.fixture
@@ -35,7 +36,8 @@ class Ticks:
         self.resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
         self.resources |= resources
 
-    def tick(self) -> list[dg.RunRequest]:
+    def tick(self, job: str | None = None) -> list[dg.RunRequest]:
+        """The run requests of one tick (of one job, if given)."""
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources=self.resources
         )
@@ -43,7 +45,7 @@ class Ticks:
         if isinstance(result, dg.SkipReason):
             return []
         self.cursor = result.cursor or self.cursor
-        return list(result.run_requests or [])
+        return [r for r in result.run_requests or [] if job in (None, r.job_name)]
 
 
 def execute(instance, request: dg.RunRequest, job: str) -> dict:
@@ -143,18 +145,18 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     (build,) = Ticks(policy_source_sensor, instance).tick()
     execute(instance, build, "refresh_policies")
     stale = Ticks(stale_embeddings_sensor, instance)
-    assert stale.tick() == []
+    assert stale.tick(VECTORS_JOB) == []
 
     table = lancedb.connect(small_settings.vectors_uri).open_table(VECTORS)
     gone = table.search().limit(1).to_list()[0]["chunk_id"]
     table.delete(f"chunk_id = '{gone}'")
-    (repair,) = stale.tick()
+    (repair,) = stale.tick(VECTORS_JOB)
     assert repair.tags["ragfresh/trigger"] == "stale_embeddings_sensor"
     assert "1 missing vectors" in repair.tags["ragfresh/reason"]
     repaired = execute(instance, repair, "refresh_vectors")
     assert repaired["policy_vectors"]["embedded"] == 1  # its vector went with the row
     assert repaired["served_index"]["published"]
-    assert stale.tick() == []
+    assert stale.tick(VECTORS_JOB) == []
 
     upgraded = tmp_path / "upgraded-model"
     shutil.copytree(default_model_path(), upgraded)
@@ -163,31 +165,52 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     new_model = Ticks(
         stale_embeddings_sensor, instance, embedder=EmbedderResource(model_path=str(upgraded))
     )
-    (upgrade,) = new_model.tick()
+    (upgrade,) = new_model.tick(VECTORS_JOB)
     assert "model mismatch vectors" in upgrade.tags["ragfresh/reason"]
 
 
 def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
-    instance, small_settings, embedder
+    instance, small_settings, embedder, monkeypatch
 ):
     settle_mtimes(small_settings.policies)
     (build,) = Ticks(policy_source_sensor, instance).tick()
     execute(instance, build, "refresh_policies")
     key = dg.AssetKey("served_index")
     published = instance.get_latest_materialization_event(key)
-    context = dg.build_sensor_context(
-        instance=instance,
-        resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
-    )
-    assert stale_embeddings_sensor(context).asset_events == []  # just published
-    os.environ["RAGFRESH_FRESHNESS_SLO"] = "0.1s"
-    try:
-        time.sleep(0.1)
-        (confirmed,) = stale_embeddings_sensor(context).asset_events
-    finally:
-        del os.environ["RAGFRESH_FRESHNESS_SLO"]
+    resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
+
+    def confirmations(cursor):
+        context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+        result = stale_embeddings_sensor(context)
+        return result.asset_events, result.cursor
+
+    _, cursor = confirmations(None)  # its first look requests the freshness check
+    assert confirmations(cursor)[0] == []  # just published: nothing to confirm
+    monkeypatch.setenv("RAGFRESH_FRESHNESS_SLO", "0.1s")
+    time.sleep(0.1)
+    (confirmed,), _ = confirmations(cursor)
     assert confirmed.asset_key == key
-    assert (
-        confirmed.metadata["release"].value
-        == published.asset_materialization.metadata["release"].value
-    )
+    release = published.asset_materialization.metadata["release"].value
+    assert confirmed.metadata["release"].value == release
+
+
+def test_the_freshness_check_runs_when_a_waiting_document_changes_state(instance, small_settings):
+    from ragfresh.documents import ingest_documents
+    from tests.assets.test_freshness import seen_earlier
+
+    stale = Ticks(stale_embeddings_sensor, instance)
+    (first,) = stale.tick("check_freshness")  # the first look judges the empty table
+    assert stale.tick("check_freshness") == []
+    ingest_documents(small_settings, "ingest")  # five versions seen, none served
+    assert stale.tick("check_freshness") == [], "pending within the objective: still passing"
+    seen_earlier(small_settings, seconds=400)
+    (at_risk,) = stale.tick("check_freshness")
+    assert "hr/annual-leave.md at_risk" in at_risk.tags["ragfresh/reason"]
+    assert stale.tick("check_freshness") == []
+    seen_earlier(small_settings, seconds=300)
+    (late,) = stale.tick("check_freshness")
+    assert "hr/annual-leave.md late" in late.tags["ragfresh/reason"]
+    assert len({first.run_key, at_risk.run_key, late.run_key}) == 3
+    result = defs.resolve_job_def("check_freshness").execute_in_process(instance=instance)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
