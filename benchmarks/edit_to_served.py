@@ -108,7 +108,9 @@ SENSOR_QUERY = """
 query Sensor($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { status ticks(limit: 1) { timestamp status } } }
+    ... on Sensor {
+      sensorState { status ticks(limit: 1) { timestamp status error { message } } }
+    }
     ... on PythonError { message }
   }
 }"""
@@ -341,15 +343,25 @@ def webserver_up(client: httpx.Client) -> bool:
         return False
 
 
-def last_tick(client: httpx.Client, sensor: str) -> float | None:
-    """The timestamp of a sensor's latest tick (None before its first)."""
+def last_tick(client: httpx.Client, sensor: str) -> dict[str, Any] | None:
+    """A sensor's latest tick: `timestamp`, `status` and `error` (None before its first)."""
     selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
     found = graphql(client, SENSOR_QUERY, selector=selector | {"sensorName": sensor})
     state = found["sensorOrError"]
     if state["__typename"] != "Sensor":
         raise BenchmarkError(f"sensor {sensor}: {state}")
     ticks = state["sensorState"]["ticks"]
-    return ticks[0]["timestamp"] if ticks else None
+    return ticks[0] if ticks else None
+
+
+def ticked_since(client: httpx.Client, sensor: str, since: float) -> bool:
+    """Whether a sensor finished a tick that began after `since`; raises if that tick failed."""
+    tick = last_tick(client, sensor)
+    if tick is None or tick["timestamp"] < since or tick["status"] == "STARTED":
+        return False
+    if tick["status"] == "FAILURE":
+        raise BenchmarkError(f"sensor {sensor} failed: {(tick['error'] or {}).get('message')}")
+    return True
 
 
 def runs(client: httpx.Client, **run_filter: Any) -> list[dict[str, Any]]:
@@ -368,19 +380,21 @@ def trigger_runs(client: httpx.Client) -> list[dict[str, Any]]:
 def wait_until_ready(
     client: httpx.Client, process: subprocess.Popen[bytes], log: Path, started: float
 ) -> None:
-    """Wait until the webserver answers, every sensor ticked once and no run is in flight."""
+    """Wait until the webserver answers, every sensor has finished a tick and no run is in
+    flight (a run the sensors requested at start-up would hold the edit's run in the queue),
+    on two polls in a row."""
     deadline = started + STARTUP_TIMEOUT_SECONDS
-    waiting_for = "the webserver"
+    waiting_for, settled = "the webserver", 0
     while time.time() < deadline:
         if process.poll() is not None:
             raise BenchmarkError(f"`ragfresh dev` exited {process.returncode} (see {log})")
         if webserver_up(client):
-            ticks = {sensor: last_tick(client, sensor) for sensor in SENSORS}
-            late = [s for s, t in ticks.items() if t is None or t < started]
-            busy = runs(client, statuses=IN_FLIGHT)
-            if not late and not busy:
-                return
+            late = [s for s in SENSORS if not ticked_since(client, s, started)]
+            busy = [r["runId"] for r in runs(client, statuses=IN_FLIGHT)]
             waiting_for = f"sensors {late} to tick" if late else f"runs {busy} to finish"
+            settled = 0 if late or busy else settled + 1
+            if settled == 2:
+                return
         time.sleep(POLL_SECONDS)
     raise BenchmarkError(
         f"dev server not ready after {STARTUP_TIMEOUT_SECONDS} s, waiting for {waiting_for}"

@@ -204,8 +204,10 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
             }
         )
     new_versions = pl.DataFrame(new_rows, schema=empty_frame(POLICY_DOCUMENTS).schema)
-    table_version = _write_versions(settings, new_versions, latest, run_id)
+    # The clock starts before the versions are written: a run killed in between writes the
+    # same (doc_id, doc_version) keys again, so no version is ever left untracked.
     record_seen(settings, new_versions, run_id)
+    table_version = _write_versions(settings, new_versions, latest, run_id)
     error_frame = _record_errors(settings, errors, run_id, now)
     write_state(settings, INGESTED_TREE, tree.to_json())
     return IngestResult(

@@ -9,7 +9,7 @@ import polars as pl
 
 from ragfresh import delta_store
 from ragfresh.config import Settings
-from ragfresh.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS
+from ragfresh.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS, POLICY_DOCUMENTS
 
 # A version not yet served is at risk past this share of the objective, late past all of it.
 AT_RISK_SHARE = 0.5
@@ -75,11 +75,18 @@ def record_published(settings: Settings, release: int, run_id: str) -> int:
 
 
 def document_lag(settings: Settings, now: datetime | None = None) -> pl.DataFrame:
-    """The newest version of every document with its lag in seconds (seen to served, or seen
+    """The current version of every document with its lag in seconds (seen to served, or seen
     to now while it waits) and its state: served, pending, at_risk or late."""
     now = now or datetime.now(tz=UTC)
     slo = settings.freshness_slo
-    frame = read_freshness(settings).sort("doc_version").group_by("doc_id").last()
+    current = delta_store.read_table(
+        settings.table_uri(POLICY_DOCUMENTS.name),
+        POLICY_DOCUMENTS.schema,
+        columns=["doc_id", "doc_version"],
+        where=pl.col("is_current"),
+    )
+    # Versions of a run killed before it wrote them are not current: they are not judged.
+    frame = read_freshness(settings).join(current, on=["doc_id", "doc_version"], how="semi")
     lag = (pl.coalesce("published_at", pl.lit(now)) - pl.col("seen_at")).dt.total_milliseconds()
     return (
         frame.with_columns(lag_seconds=(lag / 1000).round(1))

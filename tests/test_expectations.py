@@ -6,7 +6,8 @@ import pytest
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import read_chunks, refresh_chunks
 from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.expectations import SUITES, load_suite, suite_path, validate
+from ragfresh.expectations import SUITES, load_suite, suite_path, validate, validate_table
+from ragfresh.tables import POLICY_DOCUMENTS
 
 
 def test_every_suite_is_named_after_its_table():
@@ -49,3 +50,20 @@ def test_a_suite_without_expectations_is_rejected(tmp_path):
     path.write_text(json.dumps({"name": "x"}))
     with pytest.raises(ValueError, match="needs a `name` and a list of `expectations`"):
         load_suite(path)
+
+
+def test_a_table_version_already_validated_is_not_validated_again(small_settings):
+    ingest_documents(small_settings, "ingest")
+    suite = load_suite(suite_path("policy_documents"))
+    first = validate_table(small_settings, POLICY_DOCUMENTS, suite)
+    assert not first.reused and first.validation.success and first.rows == 5
+    again = validate_table(small_settings, POLICY_DOCUMENTS, suite)
+    assert again.reused and again.validation == first.validation
+    assert again.table_version == first.table_version
+    stricter = {**suite, "expectations": suite["expectations"][:1]}
+    assert not validate_table(small_settings, POLICY_DOCUMENTS, stricter).reused
+    path = small_settings.policies / "hr" / "annual-leave.md"
+    path.write_text(path.read_text() + "\nA new rule.\n")
+    ingest_documents(small_settings, "edit")
+    moved = validate_table(small_settings, POLICY_DOCUMENTS, suite)
+    assert not moved.reused and moved.table_version == first.table_version + 1

@@ -5,7 +5,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import polars as pl
+import pytest
 
+from ragfresh import documents
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import refresh_chunks
 from ragfresh.documents import ingest_documents, read_documents
@@ -74,3 +76,22 @@ def test_a_blocked_release_leaves_documents_late_with_their_owners(small_setting
     named = {w["doc_id"]: w["owners"] for w in late["waiting"]}
     assert named[LEAVE] == owners[LEAVE] and named[LEAVE]
     assert all(w["lag_seconds"] >= 90 for w in late["waiting"])
+
+
+def test_a_run_killed_before_writing_its_versions_leaves_no_phantom(small_settings, monkeypatch):
+    ingest_documents(small_settings, "ingest")
+    path = small_settings.policies / LEAVE
+    original = path.read_text()
+    path.write_text(original + "\nA rule that never lands.\n")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between the freshness and the documents commits")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(documents, "_write_versions", killed)
+        with pytest.raises(KeyboardInterrupt):
+            ingest_documents(small_settings, "killed")
+    path.write_text(original)  # reverted before the next run
+    ingest_documents(small_settings, "next")
+    lag = document_lag(small_settings)
+    assert lag.filter(pl.col("doc_id") == LEAVE)["doc_version"].to_list() == [1]
