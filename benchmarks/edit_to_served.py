@@ -520,6 +520,7 @@ def measure(
     """Build the corpus, start `ragfresh dev`, edit one page and time each stage until search
     serves the edit; the figures. The dev server is stopped whatever happens."""
     corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
+    date = datetime.now(tz=UTC).isoformat(timespec="seconds")
     where = machine()  # before anything starts: the load others put on it
     edit = edit or choose_edit(corpus)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -552,7 +553,7 @@ def measure(
     spent = intervals(seconds)
     dominant = max(spent, key=spent.__getitem__)
     return {
-        "date": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+        "date": date,
         "machine": where,
         "corpus": str(corpus),
         "golden": str(golden),

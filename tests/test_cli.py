@@ -82,7 +82,7 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     assert set(built["checks"]) == {
         "policy_documents:expectations", "policy_chunks:chunks_current",
         "policy_chunks:expectations", "policy_vectors:vectors_reconcile",
-        "regression_eval:release_gate",
+        "regression_eval:release_gate", "document_freshness:freshness_objective",
     }  # fmt: skip
     assert all(built["checks"].values())
     assert built["eval"]["verdict"] == "passed" and built["eval"]["cases"] > 0

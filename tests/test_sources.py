@@ -116,6 +116,8 @@ def test_a_burst_of_saves_is_waited_out(tmp_path):
 
     writer = threading.Thread(target=burst)
     writer.start()
+    while not (tmp_path / "burst0.md").exists():  # the burst has begun
+        time.sleep(0.01)
     settled = wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=10)
     writer.join()
     assert settled is not None and len(settled.files) == 14  # 3 policies, OWNERS, 10 new
