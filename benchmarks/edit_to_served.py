@@ -544,6 +544,8 @@ def measure(
             deadline = t0 + timeout
             run, events = wait_for_publication(client, earlier, t0, deadline)
             asked, answered, result = wait_until_served(env, edit, before["release"], t0, deadline)
+            run = runs(client, runIds=[run["runId"]])[0]  # finished by now: its end and steps
+            events = run_events(client, run["runId"])
     except BaseException:
         print(f"dev server log ({log}), last lines:\n{tail(log)}", file=sys.stderr)
         raise
