@@ -1,12 +1,17 @@
 """Per-document freshness: `document_freshness` is written by each stage as a version moves
 from seen to embedded to served; its check names the late documents and their owners."""
 
+from typing import Any
+
 import dagster as dg
 
 from assets.metadata import table_asset
 from orchestration.resources import RagfreshResource
+from ragfresh.config import Settings
 from ragfresh.freshness import freshness_summary
 from ragfresh.tables import DOCUMENT_FRESHNESS
+
+FRESHNESS_CHECK = "freshness_objective"
 
 document_freshness = dg.AssetSpec(
     DOCUMENT_FRESHNESS.name,
@@ -25,17 +30,8 @@ def _who(waiting: list[dict]) -> str:
     )
 
 
-@dg.asset_check(
-    asset=DOCUMENT_FRESHNESS.name,
-    name="freshness_objective",
-    # In a refresh run it judges after publication; when the gate held publication back, the
-    # run skips it and `stale_embeddings_sensor` runs it alone as time passes.
-    additional_deps=["served_index"],
-    description="Every current document version is served within the freshness objective: "
-    "warns past half of it, fails past all of it, naming the documents and their owners.",
-)
-def freshness_objective(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
-    settings = ragfresh.settings()
+def judge_freshness(settings: Settings) -> dict[str, Any]:
+    """The check's verdict now: passed, severity, description and metadata."""
     summary = freshness_summary(settings)
     late = [w for w in summary["waiting"] if w["state"] == "late"]
     at_risk = [w for w in summary["waiting"] if w["state"] == "at_risk"]
@@ -46,15 +42,28 @@ def freshness_objective(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
         description = f"{len(at_risk)} past half the {objective}: {_who(at_risk)}"
     else:
         description = f"every current version served within the {objective}"
-    return dg.AssetCheckResult(
-        passed=not summary["waiting"],
-        severity=dg.AssetCheckSeverity.ERROR if late else dg.AssetCheckSeverity.WARN,
-        description=description,
-        metadata={
+    return {
+        "passed": not summary["waiting"],
+        "severity": dg.AssetCheckSeverity.ERROR if late else dg.AssetCheckSeverity.WARN,
+        "description": description,
+        "metadata": {
             "objective_seconds": settings.freshness_slo,
             **{k: summary[k] for k in ("served", "pending", "at_risk", "late")},
             "served_lag_p50_seconds": summary["served_lag_p50_seconds"],
             "served_lag_max_seconds": summary["served_lag_max_seconds"],
             "waiting": dg.MetadataValue.json(summary["waiting"]),
         },
-    )
+    }
+
+
+@dg.asset_check(
+    asset=DOCUMENT_FRESHNESS.name,
+    name=FRESHNESS_CHECK,
+    description="Every current document version is served within the freshness objective: "
+    "warns past half of it, fails past all of it, naming the documents and their owners.",
+    # In a refresh run it judges after publication; as time passes (or when the gate held
+    # publication back and the run skipped it) `stale_embeddings_sensor` reports it.
+    additional_deps=["served_index"],
+)
+def freshness_objective(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(**judge_freshness(ragfresh.settings()))

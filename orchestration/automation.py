@@ -5,7 +5,8 @@ import os
 
 import dagster as dg
 
-# How often the sensors look (seconds): the floor of the edit-to-served time.
+# How often the sensors look, in seconds. Dagster's sensor daemon loops every 5 s at most, so
+# less than 5 has no effect.
 INTERVAL_SECONDS = int(os.environ.get("RAGFRESH_SENSOR_INTERVAL", "5"))
 
 # `eager()` alone would materialize past an upstream blocking check that failed in an

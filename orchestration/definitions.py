@@ -5,7 +5,7 @@ import dagster as dg
 from assets import chunks, documents, evaluation, freshness, serving, traces, vectors
 from orchestration.automation import automation_sensor
 from orchestration.expectations import expectation_checks
-from orchestration.jobs import check_freshness, refresh_policies, refresh_vectors
+from orchestration.jobs import refresh_policies, refresh_vectors
 from orchestration.resources import EmbedderResource, RagfreshResource
 from orchestration.sensors import policy_source_sensor, stale_embeddings_sensor
 
@@ -20,7 +20,7 @@ defs = dg.Definitions(
         freshness.document_freshness,
     ],
     asset_checks=[*expectation_checks(), freshness.freshness_objective],
-    jobs=[refresh_policies, refresh_vectors, check_freshness],
+    jobs=[refresh_policies, refresh_vectors],
     sensors=[policy_source_sensor, stale_embeddings_sensor, automation_sensor],
     resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
     # One process per run: a step per process would import torch and the model per step.

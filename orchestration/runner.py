@@ -18,9 +18,14 @@ class RunFailedError(RagfreshError):
 WRITTEN_BY_US = "# Written by ragfresh."
 INSTANCE_CONFIG = f"""\
 {WRITTEN_BY_US} One writer per vector table: pools default to a limit of 1; runs that the
-# sensors request wait in the queue for the one before them.
+# sensors request wait in the queue for the one before them, which is looked at every second.
 telemetry:
   enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 concurrency:
   pools:
     default_limit: 1

@@ -10,8 +10,9 @@ import time
 
 import dagster as dg
 
+from assets.freshness import FRESHNESS_CHECK, judge_freshness
 from orchestration.automation import INTERVAL_SECONDS
-from orchestration.jobs import check_freshness, refresh_policies, refresh_vectors
+from orchestration.jobs import refresh_policies, refresh_vectors
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh import delta_store
 from ragfresh.config import Settings
@@ -19,7 +20,7 @@ from ragfresh.documents import ingested_tree
 from ragfresh.freshness import freshness_summary
 from ragfresh.releases import release_status
 from ragfresh.sources import TreeState, tree_state, wait_until_quiet
-from ragfresh.tables import POLICY_CHUNKS
+from ragfresh.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS
 from ragfresh.vectors import open_vectors, reconcile
 
 SETTLE_TIMEOUT = 30.0  # a sensor tick must answer within Dagster's 60 s
@@ -104,7 +105,7 @@ def _key(state: object) -> str:
 
 
 @dg.sensor(
-    jobs=[refresh_vectors, check_freshness],
+    job=refresh_vectors,
     minimum_interval_seconds=INTERVAL_SECONDS * 6,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
@@ -113,8 +114,9 @@ def stale_embeddings_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """Request a vectors refresh (and so an evaluation) when vectors are missing, stale,
     orphaned, duplicated or from another model, or a document waits past the freshness
-    objective; run the freshness check whenever a waiting document changes state. While all
-    is current, it confirms `served_index` fresh for its freshness policy."""
+    objective. It reports the freshness check itself whenever a waiting document changes
+    state (time passing needs no run), and while all is current it confirms `served_index`
+    fresh for its freshness policy."""
     running = refresh_in_flight(context.instance)
     if running:
         return dg.SkipReason(f"run {running} in flight: reconciled after it")
@@ -128,7 +130,6 @@ def stale_embeddings_sensor(
         context.log.info("stale index: %s", "; ".join(reasons))
         requests.append(
             dg.RunRequest(
-                job_name=refresh_vectors.name,
                 run_key=f"stale-{key}",
                 tags={
                     "ragfresh/trigger": "stale_embeddings_sensor",
@@ -137,26 +138,21 @@ def stale_embeddings_sensor(
             )
         )
     judged = _key([(w["doc_id"], w["doc_version"], w["state"]) for w in waiting])
-    checks = cursor.get("checks", 0)
-    if judged != cursor.get("freshness"):
-        checks += 1
-        states = ", ".join(f"{w['doc_id']} {w['state']}" for w in waiting[:5]) or "none waiting"
-        requests.append(
-            dg.RunRequest(
-                job_name=check_freshness.name,
-                run_key=f"freshness-{judged}-{checks}",
-                tags={
-                    "ragfresh/trigger": "stale_embeddings_sensor",
-                    "ragfresh/reason": states[:200],
-                },
+    events: list[dg.AssetCheckEvaluation | dg.AssetMaterialization] = []
+    if judged != cursor.get("freshness"):  # time moved a waiting document to another state
+        events.append(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey(DOCUMENT_FRESHNESS.name),
+                check_name=FRESHNESS_CHECK,
+                **judge_freshness(settings),
             )
         )
-    cursor = json.dumps({"freshness": judged, "checks": checks})
+    cursor = json.dumps({"freshness": judged})
     if requests:
-        return dg.SensorResult(run_requests=requests, cursor=cursor)
+        return dg.SensorResult(run_requests=requests, asset_events=events, cursor=cursor)
     return dg.SensorResult(
         skip_reason="vectors match the current chunks and model; nothing waits",
-        asset_events=_confirm_served(context, settings),
+        asset_events=events + _confirm_served(context, settings),
         cursor=cursor,
     )
 

@@ -17,7 +17,6 @@ from ragfresh.embedding import default_model_path
 from ragfresh.vectors import VECTORS
 
 LEAVE = "hr/annual-leave.md"
-VECTORS_JOB = "refresh_vectors"
 
 
 @pytest.fixture
@@ -32,12 +31,12 @@ class Ticks:
     """Evaluates a sensor as the daemon does, carrying its cursor from tick to tick."""
 
     def __init__(self, sensor, instance, **resources):
-        self.sensor, self.instance, self.cursor = sensor, instance, None
+        self.sensor, self.instance, self.cursor, self.events = sensor, instance, None, []
         self.resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
         self.resources |= resources
 
-    def tick(self, job: str | None = None) -> list[dg.RunRequest]:
-        """The run requests of one tick (of one job, if given)."""
+    def tick(self) -> list[dg.RunRequest]:
+        """The run requests of one tick."""
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources=self.resources
         )
@@ -45,7 +44,12 @@ class Ticks:
         if isinstance(result, dg.SkipReason):
             return []
         self.cursor = result.cursor or self.cursor
-        return [r for r in result.run_requests or [] if job in (None, r.job_name)]
+        self.events = list(result.asset_events or [])
+        return list(result.run_requests or [])
+
+    def checks(self) -> list[dg.AssetCheckEvaluation]:
+        """The check evaluations the last tick reported."""
+        return [e for e in self.events if isinstance(e, dg.AssetCheckEvaluation)]
 
 
 def execute(instance, request: dg.RunRequest, job: str) -> dict:
@@ -145,18 +149,18 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     (build,) = Ticks(policy_source_sensor, instance).tick()
     execute(instance, build, "refresh_policies")
     stale = Ticks(stale_embeddings_sensor, instance)
-    assert stale.tick(VECTORS_JOB) == []
+    assert stale.tick() == []
 
     table = lancedb.connect(small_settings.vectors_uri).open_table(VECTORS)
     gone = table.search().limit(1).to_list()[0]["chunk_id"]
     table.delete(f"chunk_id = '{gone}'")
-    (repair,) = stale.tick(VECTORS_JOB)
+    (repair,) = stale.tick()
     assert repair.tags["ragfresh/trigger"] == "stale_embeddings_sensor"
     assert "1 missing vectors" in repair.tags["ragfresh/reason"]
     repaired = execute(instance, repair, "refresh_vectors")
     assert repaired["policy_vectors"]["embedded"] == 1  # its vector went with the row
     assert repaired["served_index"]["published"]
-    assert stale.tick(VECTORS_JOB) == []
+    assert stale.tick() == []
 
     upgraded = tmp_path / "upgraded-model"
     shutil.copytree(default_model_path(), upgraded)
@@ -165,7 +169,7 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     new_model = Ticks(
         stale_embeddings_sensor, instance, embedder=EmbedderResource(model_path=str(upgraded))
     )
-    (upgrade,) = new_model.tick(VECTORS_JOB)
+    (upgrade,) = new_model.tick()
     assert "model mismatch vectors" in upgrade.tags["ragfresh/reason"]
 
 
@@ -184,7 +188,7 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
         result = stale_embeddings_sensor(context)
         return result.asset_events, result.cursor
 
-    _, cursor = confirmations(None)  # its first look requests the freshness check
+    _, cursor = confirmations(None)  # its first look reports the freshness check
     assert confirmations(cursor)[0] == []  # just published: nothing to confirm
     monkeypatch.setenv("RAGFRESH_FRESHNESS_SLO", "0.1s")
     time.sleep(0.1)
@@ -194,23 +198,27 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
     assert confirmed.metadata["release"].value == release
 
 
-def test_the_freshness_check_runs_when_a_waiting_document_changes_state(instance, small_settings):
+def test_the_freshness_check_is_reported_when_a_waiting_document_changes_state(
+    instance, small_settings
+):
     from ragfresh.documents import ingest_documents
     from tests.assets.test_freshness import seen_earlier
 
     stale = Ticks(stale_embeddings_sensor, instance)
-    (first,) = stale.tick("check_freshness")  # the first look judges the empty table
-    assert stale.tick("check_freshness") == []
+    stale.tick()
+    (first,) = stale.checks()  # the first look judges the empty table
+    assert first.passed
     ingest_documents(small_settings, "ingest")  # five versions seen, none served
-    assert stale.tick("check_freshness") == [], "pending within the objective: still passing"
+    stale.tick()
+    assert stale.checks() == [], "pending within the objective: the verdict did not change"
     seen_earlier(small_settings, seconds=400)
-    (at_risk,) = stale.tick("check_freshness")
-    assert "hr/annual-leave.md at_risk" in at_risk.tags["ragfresh/reason"]
-    assert stale.tick("check_freshness") == []
+    stale.tick()
+    (at_risk,) = stale.checks()
+    assert not at_risk.passed and at_risk.severity == dg.AssetCheckSeverity.WARN
+    stale.tick()
+    assert stale.checks() == []
     seen_earlier(small_settings, seconds=300)
-    (late,) = stale.tick("check_freshness")
-    assert "hr/annual-leave.md late" in late.tags["ragfresh/reason"]
-    assert len({first.run_key, at_risk.run_key, late.run_key}) == 3
-    result = defs.resolve_job_def("check_freshness").execute_in_process(instance=instance)
-    (evaluation,) = result.get_asset_check_evaluations()
-    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    stale.tick()
+    (late,) = stale.checks()
+    assert not late.passed and late.severity == dg.AssetCheckSeverity.ERROR
+    assert "hr/annual-leave.md v1" in late.description
