@@ -2,11 +2,14 @@
 
 import dagster as dg
 
+from ragfresh.tables import DOCUMENT_FRESHNESS
 from ragfresh.vectors import VECTORS
 
 refresh_policies = dg.define_asset_job(
     "refresh_policies",
-    selection=dg.AssetSelection.all(),
+    # With the freshness check: it is on a table the stages write, not an asset a step makes.
+    selection=dg.AssetSelection.all()
+    | dg.AssetSelection.checks_for_assets(DOCUMENT_FRESHNESS.name),
     description="Refresh everything that changed, from the policies folder to the served index.",
 )
 
