@@ -44,7 +44,7 @@ TRIGGER = "policy_source_sensor"
 SENSORS = ("policy_source_sensor", "stale_embeddings_sensor")
 LOCATION = "ragfresh"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # the repository Dagster makes of a Definitions object
-SENSOR_INTERVAL_SECONDS = 2
+SENSOR_INTERVAL_SECONDS = 5  # the sensor daemon loops every 5 s: less has no effect
 # Seconds since the edit, in the order they must happen.
 STAGES = (
     "detected",

@@ -94,7 +94,10 @@ def main() -> None:
     policies = work / "pages"
     shutil.copytree(HANDBOOK / "pages", policies)
     target = policies / edit["path"].removeprefix("pages/")
-    shutil.copy(HANDBOOK / edit["before_file"], target)
+    for before in (edit, changes[CLI_EDIT]):  # built as they were before their edits
+        shutil.copy(
+            HANDBOOK / before["before_file"], policies / before["path"].removeprefix("pages/")
+        )
     settings = Settings.load(home=work / "home", policies=policies, golden=GOLDEN)
     embedder = Embedder()
     _, load_seconds = timed(embedder.load)

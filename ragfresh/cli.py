@@ -52,17 +52,18 @@ def _nothing_changed(last: dict[str, Any]) -> dict[str, Any]:
     """The summary of a refresh that had nothing to do: the last run's, with zero changes."""
     documents = last["documents"]
     live = sum(documents[k] for k in ("added", "changed", "unchanged"))
+    release = last["release"]["served"]
+    served = f"release {release} is served" if release is not None else "no release served yet"
     return {
         **last,
         "run_id": None,
-        "nothing_changed_since": last["run_id"] or last.get("nothing_changed_since"),
+        "nothing_changed_since": last["run_id"],
         "documents": dict.fromkeys(DOCUMENT_COUNTS, 0)
         | {"unchanged": live, "quarantined": documents["quarantined"]},
         "chunks": dict.fromkeys(CHUNK_COUNTS, 0),
         "vectors": last["vectors"] | dict.fromkeys(VECTOR_COUNTS, 0),
         "eval": last["eval"] and {**last["eval"], "reused": True},
-        "release": last["release"]
-        | {"published": False, "message": f"release {last['release']['served']} is served"},
+        "release": last["release"] | {"published": False, "message": served},
     }
 
 
