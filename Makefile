@@ -31,6 +31,7 @@ dev: install
 benchmark: install
 	$(BIN)/python benchmarks/refresh.py
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/edit_to_served.py
 
 clean:
 	rm -rf .ragfresh
