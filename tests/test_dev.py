@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
-
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO
 
 BENCHMARK = REPO / "benchmarks" / "edit_to_served.py"
@@ -40,7 +38,6 @@ def group_gone(pgid: int) -> bool:
     return False
 
 
-@pytest.mark.timeout(900)  # slow: a build, a Dagster dev server, a sensor-triggered run
 def test_slow_a_saved_edit_is_served_by_a_sensor_run_with_nothing_clicked(tmp_path: Path):
     bench = load_benchmark()
     edit = bench.replacement_edit(
