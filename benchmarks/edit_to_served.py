@@ -17,6 +17,7 @@ own process group.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -312,17 +313,26 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def gone(process: subprocess.Popen[bytes], pgid: int, seconds: float) -> bool:
+    """Wait until the leader has exited and no process of its group is left (members killed
+    with it are reaped by init a moment later)."""
+    deadline = time.monotonic() + seconds
+    while process.poll() is None or group_alive(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def stop_dev(process: subprocess.Popen[bytes]) -> None:
     """Stop the dev server's whole process group: SIGTERM, then SIGKILL after a grace period."""
     pgid = process.pid  # start_new_session made it the leader of its own group
-    if group_alive(pgid):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while time.monotonic() < deadline and (process.poll() is None or group_alive(pgid)):
-        time.sleep(0.2)
-    if group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
-    process.wait(timeout=STOP_GRACE_SECONDS)
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, stop)
+        if gone(process, pgid, STOP_GRACE_SECONDS):
+            return
+    raise BenchmarkError(f"process group {pgid} of `ragfresh dev` survived SIGKILL")
 
 
 def graphql(client: httpx.Client, query: str, **variables: Any) -> dict[str, Any]:
