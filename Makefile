@@ -26,12 +26,13 @@ test: lint
 	$(BIN)/pytest
 
 dev: install
-	$(BIN)/ragfresh dev
+	$(BIN)/ragfresh dev $(if $(SERVE),--serve $(SERVE))
 
 benchmark: install
 	$(BIN)/python benchmarks/refresh.py
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/edit_to_served.py
+	$(BIN)/python benchmarks/serve.py
 
 clean:
 	rm -rf .ragfresh

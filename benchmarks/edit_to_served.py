@@ -10,7 +10,8 @@ real edit (the corpus's own before/after edit set when it has one, else a distin
 appended to a page) and then times, from the moment the file was saved: the run the
 `policy_source_sensor` requests (created, started), each asset's materialization in it
 (ingested, chunked, embedded, evaluated, published) and the first `ragfresh search` that
-returns the new text from a newer release (served). The dev server is always stopped, by its
+returns the new text from a newer release (served); also when the search service started
+beside the UI (`dev --serve`) first answers with it. The dev server is always stopped, by its
 own process group.
 """
 
@@ -28,8 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +85,7 @@ STARTUP_TIMEOUT_SECONDS = 240
 STOP_GRACE_SECONDS = 20
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 40
+SERVICE_KEY = "edit-to-served-benchmark-key"  # the search service started beside the UI
 
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
@@ -225,8 +229,10 @@ def pipeline_env(home: Path, policies: Path, golden: Path) -> dict[str, str]:
         "RAGFRESH_HOME": str(home),
         "RAGFRESH_POLICIES": str(policies),
         "RAGFRESH_GOLDEN_CASES": str(golden),
+        "RAGFRESH_API_KEYS": json.dumps({SERVICE_KEY: ["public", "internal", "confidential",
+                                                       "restricted"]}),
         "HF_HUB_OFFLINE": "1",
-    }
+    }  # fmt: skip
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -253,6 +259,23 @@ def build(env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
     if done.returncode != 0:
         raise BenchmarkError(f"`ragfresh run` exited {done.returncode}:\n{tail(log)}")
     return seconds, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ask_service(port: int, question: str, timeout: float) -> dict[str, Any]:
+    """POST the question to the search service; its result (a release of None while none)."""
+    try:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/search",
+            json={"question": question, "caller": "edit_to_served"},
+            headers={"Authorization": f"Bearer {SERVICE_KEY}"},
+            timeout=max(timeout, 1.0),
+        )
+    except httpx.TransportError:  # not listening yet
+        return {"release": None, "hits": []}
+    if response.status_code == 503:
+        return {"release": None, "hits": []}
+    response.raise_for_status()
+    return response.json()
 
 
 def search(env: dict[str, str], question: str, timeout: float) -> dict[str, Any]:
@@ -290,11 +313,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_dev(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start `ragfresh dev` on 127.0.0.1:port in its own process group, logging to `log`."""
+def start_dev(
+    env: dict[str, str], port: int, service_port: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start `ragfresh dev --serve` (the UI on 127.0.0.1:port, the search service on
+    127.0.0.1:service_port) in its own process group, logging to `log`."""
     with log.open("wb") as output:
         return subprocess.Popen(
-            [*ragfresh_command(), "dev", "--", "-p", str(port), "-h", "127.0.0.1"],
+            [
+                *ragfresh_command(),
+                "dev",
+                "--serve",
+                str(service_port),
+                "--",
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+            ],
             env=env | {"RAGFRESH_SENSOR_INTERVAL": str(SENSOR_INTERVAL_SECONDS)},
             cwd=REPO,
             stdout=output,
@@ -476,14 +512,18 @@ def wait_for_publication(
 
 
 def wait_until_served(
-    env: dict[str, str], edit: Edit, release_before: int, t0: float, deadline: float
+    ask: Callable[[str, float], dict[str, Any]],
+    edit: Edit,
+    release_before: int,
+    t0: float,
+    deadline: float,
 ) -> tuple[float, float, dict[str, Any]]:
-    """Search until the new text comes from a newer release: seconds since the edit when that
+    """Ask until the new text comes from a newer release: seconds since the edit when that
     search started and when it returned, and its result."""
     result: dict[str, Any] = {}
     while time.time() < deadline:
         asked = time.time()
-        result = search(env, edit.question, deadline - asked)
+        result = ask(edit.question, deadline - asked)
         answered = time.time()
         newer = result["release"] is not None and result["release"] > release_before
         if newer and serves(result, edit.new_text):
@@ -540,20 +580,27 @@ def measure(
     before = search(env, edit.question, STARTUP_TIMEOUT_SECONDS)
     if serves(before, edit.new_text):
         raise BenchmarkError(f"{edit.new_text!r} is served before the edit: not a measurement")
-    port = free_port()
+    port, service_port = free_port(), free_port()
     log = workdir / "dev.log"
     started = time.time()
-    process = start_dev(env, port, log)
+    process = start_dev(env, port, service_port, log)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             wait_until_ready(client, process, log, started)
             ready_seconds = time.time() - started
+            if ask_service(service_port, edit.question, 30)["release"] != before["release"]:
+                raise BenchmarkError("the search service beside the UI does not serve the build")
             earlier = {r["runId"] for r in trigger_runs(client)}
             (policies / edit.path).write_text(edit.after, encoding="utf-8")
             t0 = time.time()
             deadline = t0 + timeout
             run, events = wait_for_publication(client, earlier, t0, deadline)
-            asked, answered, result = wait_until_served(env, edit, before["release"], t0, deadline)
+            by_service = wait_until_served(
+                partial(ask_service, service_port), edit, before["release"], t0, deadline
+            )
+            asked, answered, result = wait_until_served(
+                partial(search, env), edit, before["release"], t0, deadline
+            )
             run = runs(client, runIds=[run["runId"]])[0]  # finished by now: its end and steps
             events = run_events(client, run["runId"])
     except BaseException:
@@ -591,6 +638,8 @@ def measure(
         "step_seconds": step_seconds(events),
         "run_finished_seconds": round(run["endTime"] - t0, 2) if run["endTime"] else None,
         "served_answer_returned_seconds": round(answered, 2),
+        "served_by_service_seconds": round(by_service[1], 2),
+        "service_release_after": by_service[2]["release"],
         "search_command_seconds": round(answered - asked, 2),
         "dominant_stage": dominant,
         "dominant_stage_is": INTERVALS[dominant],

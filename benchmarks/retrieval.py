@@ -54,7 +54,7 @@ def lancedb_hybrid(table, question: str, vector: np.ndarray) -> list[dict]:
 def fusion(candidates: int) -> Retriever:
     def retrieve(table, question: str, vector: np.ndarray) -> list[dict]:
         search_module.CANDIDATES = candidates
-        return search_module.retrieve(table, question, vector, EVAL_K)
+        return search_module.retrieve(table.to_lance(), question, vector, EVAL_K, where=None)
 
     return retrieve
 

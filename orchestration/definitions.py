@@ -2,7 +2,16 @@
 
 import dagster as dg
 
-from assets import chunks, documents, evaluation, freshness, serving, traces, vectors
+from assets import (
+    chunks,
+    documents,
+    evaluation,
+    freshness,
+    query_encoder,
+    serving,
+    traces,
+    vectors,
+)
 from orchestration.automation import automation_sensor
 from orchestration.expectations import expectation_checks
 from orchestration.jobs import refresh_policies, refresh_vectors
@@ -16,6 +25,7 @@ defs = dg.Definitions(
         vectors.policy_vectors,
         evaluation.regression_eval,
         serving.served_index,
+        query_encoder.query_encoder,
         traces.retrieval_traces,
         freshness.document_freshness,
     ],

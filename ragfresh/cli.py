@@ -7,7 +7,11 @@ import getpass
 import json
 import logging
 import os
+import signal
+import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -240,8 +244,14 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace) -> int:
-    from ragfresh.search import search_many
+    from ragfresh.query_encoder import query_encoder
 
+    embedder = Embedder()
+    with ThreadPoolExecutor(1) as pool:  # the encoder loads while Lance and polars import
+        loading = pool.submit(query_encoder, settings, embedder)
+        from ragfresh.search import search_many
+
+        encoder = loading.result()
     questions = [args.question] if args.question else []
     if args.questions:
         try:
@@ -251,7 +261,7 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         questions += [line.strip() for line in lines if line.strip()]
     if not questions:
         raise ConfigError("give a QUESTION or --questions FILE")
-    results = search_many(settings, Embedder(), questions, k=args.k, caller=args.caller)
+    results = search_many(settings, encoder, questions, k=args.k, caller=args.caller)
     for result in results:
         if args.json:
             print(json.dumps(result.to_dict()))
@@ -262,7 +272,22 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {rank}. {hit.doc_id} v{hit.doc_version} [{hit.heading}] "
                   f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip
             print("     " + " ".join(hit.text.split())[:200])
+    if encoder is embedder:  # the torch model answered: export the light one for next time
+        _export_query_encoder(settings, embedder)
     return 0
+
+
+def _export_query_encoder(settings: Settings, embedder: Embedder) -> None:
+    from ragfresh.query_encoder import ExportError, export_onnx
+
+    try:
+        export = export_onnx(settings, embedder)
+    except ExportError as exc:
+        print(f"note: searches keep using torch: {exc}", file=sys.stderr)
+        return
+    print(f"note: exported the query encoder to {export.directory} "
+          f"({export.seconds:.0f} s, once per model): later searches start in about a second",
+          file=sys.stderr)  # fmt: skip
 
 
 def _trace(settings: Settings, args: argparse.Namespace) -> int:
@@ -312,7 +337,48 @@ def _dev(settings: Settings, args: argparse.Namespace) -> int:
     workspace = Path(__file__).resolve().parents[1] / "workspace.yaml"
     print(f"Dagster UI for {settings.policies}, instance {settings.dagster_home}", file=sys.stderr)
     command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *args.dagster_args]
-    os.execv(sys.executable, command)
+    if args.serve is None:
+        os.execv(sys.executable, command)
+    return _beside_the_service(settings, command, args.serve)
+
+
+def _beside_the_service(settings: Settings, command: list[str], port: int) -> int:
+    """Run `command` and the search service side by side; when one stops, stop the other."""
+    from ragfresh.api_keys import load_api_keys
+
+    load_api_keys(settings)  # missing keys are named before anything starts
+    service = [sys.executable, "-m", "ragfresh.cli", "--home", str(settings.home),
+               "--policies", str(settings.policies), "serve", "--port", str(port)]  # fmt: skip
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    children = [subprocess.Popen(command), subprocess.Popen(service)]
+    try:
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        return next(child.returncode for child in children if child.returncode is not None)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ragfresh.api_keys import load_api_keys
+    from ragfresh.service import create_app
+
+    keys = load_api_keys(settings)
+    app = create_app(settings, Embedder(), keys)
+    print(f"ragfresh search service for {settings.vectors_uri}: {len(keys.grants)} API keys from "
+          f"{keys.source}; schema at http://{args.host}:{args.port}/openapi.json",
+          file=sys.stderr)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
 
 
 def _positive(value: str) -> int:
@@ -366,7 +432,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts, reconciliation and index version")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
+    serve = commands.add_parser("serve", help="the search service (HTTP, API keys)")
+    serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.set_defaults(handler=_serve)
     dev = commands.add_parser("dev", help="start the Dagster UI on this home's instance")
+    dev.add_argument(
+        "--serve", type=int, nargs="?", const=8000, metavar="PORT",
+        help="also start the search service on 127.0.0.1:PORT (default 8000)",
+    )  # fmt: skip
     dev.add_argument(
         "dagster_args", nargs="*", help="passed on to `dagster dev`, after --: dev -- -p 3001"
     )

@@ -109,10 +109,16 @@ class Settings:
     judge_model: str | None = None
     freshness_slo: float = 600.0
     source_quiet_seconds: float = 2.0
+    model_cache_dir: Path | None = None
 
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    @property
+    def model_cache(self) -> Path:
+        """Where the model's ONNX export is kept (`RAGFRESH_MODEL_CACHE` can share one)."""
+        return self.model_cache_dir or self.home / "models"
 
     @property
     def locks(self) -> Path:
@@ -166,4 +172,7 @@ class Settings:
             source_quiet_seconds=parse_duration(
                 "RAGFRESH_SOURCE_QUIET", env.get("RAGFRESH_SOURCE_QUIET", "2s")
             ),
+            model_cache_dir=Path(env["RAGFRESH_MODEL_CACHE"]).resolve()
+            if env.get("RAGFRESH_MODEL_CACHE")
+            else None,
         )

@@ -8,9 +8,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lancedb
+import lance
 import polars as pl
 
 from ragfresh import delta_store
@@ -19,6 +19,9 @@ from ragfresh.errors import RagfreshError
 from ragfresh.freshness import record_published
 from ragfresh.tables import EVAL_RUNS, RELEASE_AUDIT, RELEASES, empty_frame
 from ragfresh.vectors import open_vectors, writer_lock
+
+if TYPE_CHECKING:
+    import lancedb
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ def release_tag(release: int) -> str:
     return f"release-{release}"
 
 
-def served_release(table: lancedb.table.Table | None) -> int | None:
+def served_release(table: lancedb.table.Table | lance.LanceDataset | None) -> int | None:
     """The release `served` points at, or None before the first publication."""
     if table is None:
         return None

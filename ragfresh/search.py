@@ -1,24 +1,30 @@
-"""Hybrid search over the vector index, with a receipt per hit and a trace per search."""
+"""Hybrid search over the served release, with a receipt per hit and a trace per search.
+
+Reads go through Lance alone (no lancedb, no torch): a search from a cold shell must answer
+in about a second when the query encoder is the light ONNX one."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
-import lancedb
+import lance
 import numpy as np
 import polars as pl
+import pyarrow.compute as pc
 
 from ragfresh import delta_store
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
+from ragfresh.config import CLASSIFICATIONS, Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.releases import served_release
+from ragfresh.sql import in_list
 from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
-from ragfresh.vectors import METADATA, open_vectors, read_vector_rows
+from ragfresh.vectors import METADATA, vectors_dataset
 
 
 class IndexNotBuiltError(RagfreshError):
@@ -32,7 +38,57 @@ class ModelMismatchError(RagfreshError):
 # Reciprocal rank fusion: each retriever's candidates score 1 / (RRF_K + rank), summed.
 RRF_K = 60
 CANDIDATES = 10  # candidates each retriever gives the fusion (at least k): measured best
+NPROBES = 20  # IVF partitions probed once the table has a vector index (LanceDB's default)
 COLUMNS = [*(c for c in METADATA if c != "embed_text"), "model_id", "vector"]
+
+
+class QueryEncoder(Protocol):
+    """What search needs of a model: its id and normalized vectors (torch or ONNX)."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    def load(self) -> object:
+        """Load the weights now, not inside the first timed search."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who searches and the classifications they may read; local commands may read all."""
+
+    name: str
+    entitled: frozenset[str] = frozenset(CLASSIFICATIONS)
+    api_key_id: str | None = None
+
+    def where(self) -> str | None:
+        """The filter applied inside both retrievers, before ranking; None when all may be read."""
+        if not self.entitled:
+            raise RagfreshError(f"caller {self.name!r} may read no classification")
+        if self.entitled >= set(CLASSIFICATIONS):
+            return None
+        return f"classification IN ({in_list(sorted(self.entitled))})"
+
+
+@dataclass(frozen=True)
+class Index:
+    """One version of the vector table, opened once: every hit of a search comes from it."""
+
+    dataset: lance.LanceDataset
+    release: int | None
+    model_ids: frozenset[str]
+
+    @property
+    def version(self) -> int:
+        return self.dataset.version
+
+    def check_model(self, model_id: str) -> None:
+        if self.model_ids - {model_id}:
+            raise ModelMismatchError(
+                f"index version {self.version} holds vectors of {sorted(self.model_ids)}, not "
+                f"{model_id}: refresh the index with this model first"
+            )
 
 
 @dataclass(frozen=True)
@@ -83,32 +139,43 @@ def hit_records(hits: list[Hit]) -> list[dict]:
     ]
 
 
-def open_index(settings: Settings, version: int | None) -> tuple[lancedb.table.Table, int | None]:
-    """The table pinned at the served release (or at `version`, a candidate) and the release."""
-    table = open_vectors(settings)
-    if table is None:
+def open_index(settings: Settings, version: int | None = None) -> Index:
+    """The served release (or `version`, a candidate for the evaluation), opened once."""
+    latest = vectors_dataset(settings)
+    if latest is None:
         raise IndexNotBuiltError(f"no vector index under {settings.vectors_uri}: run a refresh")
     release = None
     if version is None:
-        release = version = served_release(table)
+        release = version = served_release(latest)
         if release is None:
             raise IndexNotBuiltError(
                 f"no release of {settings.vectors_uri} is published yet: run a refresh; "
                 "`ragfresh releases` says why a candidate was not published"
             )
-    return open_vectors(settings, version=version), release
+    dataset = latest.checkout_version(version)
+    models = pc.unique(dataset.to_table(columns=["model_id"])["model_id"]).to_pylist()
+    return Index(dataset, release, frozenset(models))
 
 
-def retrieve(table: lancedb.table.Table, question: str, vector: np.ndarray, k: int) -> list[dict]:
+def retrieve(
+    dataset: lance.LanceDataset, question: str, vector: np.ndarray, k: int, where: str | None
+) -> list[dict]:
     """Top k rows by reciprocal rank fusion of vector and full-text (BM25) candidates, each
-    with `_score` (the fusion score) and `_similarity` (cosine of its vector to the question)."""
+    with `_score` (the fusion score) and `_similarity` (cosine of its vector to the question).
+    `where` filters inside both retrievers, so a row the caller may not read never takes a
+    place among the candidates."""
     limit = max(k, CANDIDATES)
-    by_vector = table.search(vector, query_type="vector").distance_type("cosine")
-    by_words = table.search(question, query_type="fts")
+    nearest = {"column": "vector", "q": vector, "k": limit, "metric": "cosine",
+               "minimum_nprobes": NPROBES}  # fmt: skip
     rankings = [  # naming the score columns keeps Lance from warning that it adds them
-        by_vector.select([*COLUMNS, "_distance"]).limit(limit).to_arrow().to_pylist(),
-        by_words.select([*COLUMNS, "_score"]).limit(limit).to_arrow().to_pylist(),
-    ]
+        dataset.to_table(
+            columns=[*COLUMNS, "_distance"], nearest=nearest, filter=where, prefilter=True
+        ).to_pylist(),
+        dataset.to_table(
+            columns=[*COLUMNS, "_score"], full_text_query=question, filter=where,
+            prefilter=True, limit=limit,
+        ).to_pylist(),
+    ]  # fmt: skip
     scores: dict[str, float] = {}
     rows: dict[str, dict] = {}
     for ranking in rankings:
@@ -122,84 +189,104 @@ def retrieve(table: lancedb.table.Table, question: str, vector: np.ndarray, k: i
     ]
 
 
+def answer(
+    index: Index,
+    question: str,
+    vector: np.ndarray,
+    k: int,
+    caller: Caller,
+    model_id: str,
+    started: float,
+) -> tuple[SearchResult, dict[str, Any]]:
+    """Search one question whose vector `model_id` computed; its result and its trace row.
+    `started` is when the question arrived, so latency includes the encoding."""
+    rows = retrieve(index.dataset, question, vector, k, caller.where())
+    latency = (time.perf_counter() - started) * 1000
+    trace_id = uuid.uuid4().hex
+    hits = [
+        Hit(
+            doc_id=r["doc_id"],
+            doc_version=r["doc_version"],
+            chunk_id=r["chunk_id"],
+            heading=r["heading"],
+            char_start=r["char_start"],
+            char_end=r["char_end"],
+            owner=r["owners"],
+            classification=r["classification"],
+            score=round(r["_score"], 6),
+            model_id=r["model_id"],
+            index_version=index.version,
+            release=index.release,
+            trace_id=trace_id,
+            text=r["text"],
+        )
+        for r in rows
+    ]
+    confidence = round(max((r["_similarity"] for r in rows), default=0.0), 4)
+    result = SearchResult(
+        trace_id, question, index.version, index.release, confidence, round(latency, 2), hits
+    )
+    trace = {
+        "trace_id": trace_id,
+        "searched_at": datetime.now(tz=UTC),
+        "question": question,
+        "question_sha256": hashlib.sha256(question.encode()).hexdigest(),
+        "k": k,
+        "hits": hit_records(hits),
+        "index_version": index.version,
+        "model_id": model_id,
+        "latency_ms": latency,
+        "caller": caller.name,
+        "release": index.release,
+        "entitled": sorted(caller.entitled),
+        "api_key_id": caller.api_key_id,
+    }
+    return result, trace
+
+
+def write_traces(settings: Settings, traces: list[dict[str, Any]], run_id: str) -> None:
+    """Append trace rows in one commit."""
+    frame = pl.DataFrame(traces, schema=empty_frame(RETRIEVAL_TRACES).schema)
+    delta_store.append(
+        RETRIEVAL_TRACES, settings.table_uri(RETRIEVAL_TRACES.name), frame, run_id=run_id
+    )
+
+
 def search_many(
     settings: Settings,
-    embedder: Embedder,
+    encoder: QueryEncoder,
     questions: list[str],
     k: int = 5,
     caller: str = "cli",
     version: int | None = None,
+    entitled: Collection[str] = CLASSIFICATIONS,
 ) -> list[SearchResult]:
     """Answer each question from the served release (or a candidate `version`, for the
     evaluation); one trace row each, one commit."""
     if not questions:
         return []
-    table, release = open_index(settings, version)
-    version = table.version
-    models = set(read_vector_rows(table, ["model_id"])["model_id"].unique())
-    if models - {embedder.model_id}:
-        raise ModelMismatchError(
-            f"index version {version} holds vectors of {sorted(models)}, not {embedder.model_id}: "
-            "refresh the index with this model first"
-        )
-    embedder.load()
+    index = open_index(settings, version)
+    index.check_model(encoder.model_id)
+    encoder.load()
+    who = Caller(caller, frozenset(entitled))
     results, traces = [], []
     for question in questions:
         started = time.perf_counter()
-        vector = embedder.encode([question])[0]
-        rows = retrieve(table, question, vector, k)
-        latency = (time.perf_counter() - started) * 1000
-        trace_id = uuid.uuid4().hex
-        hits = [
-            Hit(
-                doc_id=r["doc_id"],
-                doc_version=r["doc_version"],
-                chunk_id=r["chunk_id"],
-                heading=r["heading"],
-                char_start=r["char_start"],
-                char_end=r["char_end"],
-                owner=r["owners"],
-                classification=r["classification"],
-                score=round(r["_score"], 6),
-                model_id=r["model_id"],
-                index_version=version,
-                release=release,
-                trace_id=trace_id,
-                text=r["text"],
-            )
-            for r in rows
-        ]
-        confidence = round(max((r["_similarity"] for r in rows), default=0.0), 4)
-        results.append(
-            SearchResult(trace_id, question, version, release, confidence, round(latency, 2), hits)
-        )
-        traces.append(
-            {
-                "trace_id": trace_id,
-                "searched_at": datetime.now(tz=UTC),
-                "question": question,
-                "question_sha256": hashlib.sha256(question.encode()).hexdigest(),
-                "k": k,
-                "hits": hit_records(hits),
-                "index_version": version,
-                "model_id": embedder.model_id,
-                "latency_ms": latency,
-                "caller": caller,
-                "release": release,
-            }
-        )
-    frame = pl.DataFrame(traces, schema=empty_frame(RETRIEVAL_TRACES).schema)
-    delta_store.append(
-        RETRIEVAL_TRACES,
-        settings.table_uri(RETRIEVAL_TRACES.name),
-        frame,
-        run_id=f"search:{caller}",
-    )
+        vector = encoder.encode([question])[0]
+        result, trace = answer(index, question, vector, k, who, encoder.model_id, started)
+        results.append(result)
+        traces.append(trace)
+    write_traces(settings, traces, run_id=f"search:{caller}")
     return results
 
 
 def search(
-    settings: Settings, embedder: Embedder, question: str, k: int = 5, caller: str = "app"
+    settings: Settings,
+    encoder: QueryEncoder,
+    question: str,
+    k: int = 5,
+    caller: str = "app",
+    entitled: Collection[str] = CLASSIFICATIONS,
 ) -> SearchResult:
     """The Python entry point for applications: one question, hits with receipts."""
-    return search_many(settings, embedder, [question], k=k, caller=caller)[0]
+    return search_many(settings, encoder, [question], k=k, caller=caller, entitled=entitled)[0]

@@ -115,6 +115,8 @@ RETRIEVAL_TRACES = TableDef(
         col("latency_ms", pa.float64(), "Search latency, embedding included"),
         col("caller", pa.string(), "Who searched: cli, an application name"),
         col("release", pa.int64(), "Release served (its index version); null for a candidate"),
+        col("entitled", pa.list_(pa.string()), "Classifications the caller was entitled to read"),
+        col("api_key_id", pa.string(), "sha256 prefix of the API key; null outside the service"),
     ]),
 )  # fmt: skip
 

@@ -14,7 +14,7 @@ from ragfresh.documents import read_documents
 from ragfresh.errors import RagfreshError
 from ragfresh.sql import in_list
 from ragfresh.tables import RETRIEVAL_TRACES
-from ragfresh.vectors import open_vectors
+from ragfresh.vectors import vectors_dataset
 
 
 class TraceNotFoundError(RagfreshError, LookupError):
@@ -43,14 +43,14 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
         raise TraceNotFoundError(f"no trace {trace_id!r} in {RETRIEVAL_TRACES.name}")
     trace = traces.row(0, named=True)
     hits = trace["hits"]
-    texts: dict[str, str] = {}
-    table = open_vectors(settings, version=trace["index_version"])
-    if table is not None and hits:
-        served = table.to_lance().to_table(
-            columns=["chunk_id", "text"],
+    served: dict[str, dict[str, str]] = {}
+    dataset = vectors_dataset(settings, version=trace["index_version"])
+    if dataset is not None and hits:
+        rows = dataset.to_table(
+            columns=["chunk_id", "text", "classification"],
             filter=f"chunk_id IN ({in_list([h['chunk_id'] for h in hits])})",
         )
-        texts = dict(zip(served["chunk_id"].to_pylist(), served["text"].to_pylist(), strict=True))
+        served = {row.pop("chunk_id"): row for row in rows.to_pylist()}
     versions = read_documents(settings, current_only=False).filter(
         pl.col("doc_id").is_in([h["doc_id"] for h in hits])
     )
@@ -70,8 +70,7 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
         else:
             status = f"superseded by version {now['doc_version']}"
         current = status.startswith("current")
-        report.append(
-            {**hit, "text": texts.get(hit["chunk_id"]), "still_current": current, "status": status}
-        )
+        chunk = served.get(hit["chunk_id"], {"text": None, "classification": None})
+        report.append({**hit, **chunk, "still_current": current, "status": status})
     trace_fields = {k: v for k, v in trace.items() if k != "hits"}
-    return TraceReport(trace=trace_fields, hits=report, index_retained=table is not None)
+    return TraceReport(trace=trace_fields, hits=report, index_retained=dataset is not None)

@@ -1,4 +1,7 @@
-"""The `policy_vectors` LanceDB table: embed only what is new, delete what left, one writer."""
+"""The `policy_vectors` LanceDB table: embed only what is new, delete what left, one writer.
+
+lancedb takes seconds to import, so it is imported where a table is written; reads go
+through Lance alone, which a cold search can afford."""
 
 from __future__ import annotations
 
@@ -8,13 +11,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-import lancedb
+import lance
 import numpy as np
 import polars as pl
 import pyarrow as pa
 from filelock import FileLock
-from lancedb.index import FTS, IvfPq
 
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
@@ -22,6 +25,9 @@ from ragfresh.embedding import Embedder
 from ragfresh.freshness import record_embedded
 from ragfresh.sql import in_list, literal
 from ragfresh.tables import POLICY_CHUNKS, TS
+
+if TYPE_CHECKING:
+    import lancedb
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +69,22 @@ def vector_schema(dimensions: int) -> pa.Schema:
 
 def open_vectors(settings: Settings, version: int | None = None) -> lancedb.table.Table | None:
     """The vector table (at a version, for time travel), or None before the first build."""
+    import lancedb
+
     db = lancedb.connect(settings.vectors_uri)
     try:
         return db.open_table(VECTORS, version=version)
     except (ValueError, FileNotFoundError):
+        return None
+
+
+def vectors_dataset(
+    settings: Settings, version: int | str | None = None
+) -> lance.LanceDataset | None:
+    """The vector table as a Lance dataset (at a version or tag), or None before the first build."""
+    try:
+        return lance.dataset(f"{settings.vectors_uri.rstrip('/')}/{VECTORS}.lance", version=version)
+    except ValueError:
         return None
 
 
@@ -223,6 +241,8 @@ def _write(
     need repair). Without a table, or after a model or column change, the rows replace the
     table whole: a new version of the same table, so older versions stay readable for traces."""
     if table is None:
+        import lancedb
+
         db = lancedb.connect(settings.vectors_uri)
         return db.create_table(VECTORS, data=rows, schema=rows.schema, mode="overwrite")
     if duplicated:
@@ -242,6 +262,8 @@ def _write(
 def _ensure_indexes(settings: Settings, table: lancedb.table.Table) -> None:
     """A full-text index of the embedded text always, a vector index once the table is large
     enough; rows not yet indexed stay searchable. Writes only when an index is missing."""
+    from lancedb.index import FTS, IvfPq
+
     indexed = {i.columns[0] for i in table.list_indices()}
     if "embed_text" not in indexed:
         table.create_index("embed_text", config=FTS())

@@ -17,11 +17,11 @@ from ragfresh.local_state import read_state, write_state
 from ragfresh.pii import detector_id
 from ragfresh.sources import tree_state
 from ragfresh.tables import TABLES
+from ragfresh.vectors import vectors_dataset
 
 LAST_REFRESH = "last_refresh"
 # Tables a refresh writes; traces are written by searches and do not count.
 WRITTEN = sorted(set(TABLES) - {"retrieval_traces"})
-VECTORS_TABLE = "policy_vectors.lance"
 
 
 def _sha256(path: Path | None) -> str | None:
@@ -29,12 +29,9 @@ def _sha256(path: Path | None) -> str | None:
 
 
 def _vectors_marks(settings: Settings) -> dict[str, Any]:
-    """Version and tags of the vector table, read with `lance` (lancedb takes 3 s to import)."""
-    import lance
-
-    try:
-        dataset = lance.dataset(f"{settings.vectors_uri.rstrip('/')}/{VECTORS_TABLE}")
-    except ValueError:  # no table yet
+    """Version and tags of the vector table."""
+    dataset = vectors_dataset(settings)
+    if dataset is None:
         return {"version": None, "tags": {}}
     tags = {name: tag["version"] for name, tag in dataset.tags.list().items()}
     return {"version": dataset.version, "tags": tags}

@@ -36,14 +36,23 @@ ENVIRONMENT = (
     "RAGFRESH_LAKE_URI", "RAGFRESH_VECTORS_URI", "RAGFRESH_PII_RULES", "RAGFRESH_JUDGE_URL",
     "RAGFRESH_JUDGE_MODEL", "RAGFRESH_ESCALATION_THRESHOLD", "RAGFRESH_GATE_MIN_HIT_AT_5",
     "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", "RAGFRESH_GATE_MAX_HIT_AT_5_DROP",
-    "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET",
+    "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET", "RAGFRESH_API_KEYS",
 )  # fmt: skip
 
 
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export of the model for the whole session: exporting takes seconds."""
+    return tmp_path_factory.mktemp("models")
+
+
 @pytest.fixture
-def settings(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def settings(
+    tmp_path: Path, corpus: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
     """Settings whose home and policies live in the test's own temporary folder."""
     monkeypatch.setenv("RAGFRESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RAGFRESH_MODEL_CACHE", str(model_cache))
     monkeypatch.setenv("RAGFRESH_POLICIES", str(corpus))
     monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(BUNDLED_GOLDEN))
     for name in ENVIRONMENT:

@@ -1,28 +1,50 @@
 """The `ragfresh` command as a user runs it: a real process, a real Dagster instance."""
 
+import contextlib
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import dagster as dg
+import httpx
 import polars as pl
 from deltalake import write_deltalake
 
 
-def ragfresh(settings, *args):
-    env = {
+def environment(settings, **extra):
+    return {
         **os.environ,
         "RAGFRESH_HOME": str(settings.home),
         "RAGFRESH_POLICIES": str(settings.policies),
+        **extra,
     }
+
+
+def ragfresh(settings, *args, **env):
     return subprocess.run(
         [sys.executable, "-m", "ragfresh.cli", *args],
-        env=env,
+        env=environment(settings, **env),
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter and print which slow libraries it imported."""
+    probe = (
+        f"import sys; from ragfresh.cli import main; code = main({argv!r}); "
+        "heavy = [m for m in ('dagster', 'great_expectations', 'torch', 'sentence_transformers', "
+        "'lancedb', 'presidio_analyzer') if m in sys.modules]; print('HEAVY', heavy, code)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe], env=environment(settings), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
 
 
 def test_run_json_summary_and_runs_recorded_in_the_instance(settings, corpus):
@@ -54,14 +76,7 @@ def test_run_json_summary_and_runs_recorded_in_the_instance(settings, corpus):
 
 def test_a_run_with_nothing_to_do_loads_no_model_dagster_or_great_expectations(small_settings):
     assert ragfresh(small_settings, "run").returncode == 0
-    probe = (
-        "import sys; from ragfresh.cli import main; code = main(['run']); "
-        "heavy = [m for m in ('dagster', 'great_expectations', 'torch', 'sentence_transformers', "
-        "'lancedb', 'presidio_analyzer') if m in sys.modules]; print('HEAVY', heavy, code)"
-    )
-    env = {**os.environ, "RAGFRESH_HOME": str(small_settings.home),
-           "RAGFRESH_POLICIES": str(small_settings.policies)}  # fmt: skip
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    done = heavy_modules_after(small_settings, ["run"])
     assert "nothing changed since run" in done.stdout
     assert "HEAVY [] 0" in done.stdout, done.stdout + done.stderr
 
@@ -111,6 +126,20 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
         "classification", "score", "model_id", "index_version", "release", "trace_id", "text",
     }  # fmt: skip
     assert hit["release"] == built["release"]["served"]
+    assert found.stderr == "", "no progress bar, warning or note in normal output"
+
+    # The run exported the query encoder: a search from a cold shell needs no torch.
+    cold = heavy_modules_after(small_settings, ["search", "What is the overdraft item fee?"])
+    assert "HEAVY [] 0" in cold.stdout and "retail/overdraft-fees.md" in cold.stdout
+    assert cold.stderr == ""
+    # Without the export, torch answers the same, and the export is made for next time.
+    cache = tmp_path / "empty-cache"
+    slow = ragfresh(small_settings, "search", "What is the overdraft item fee?", "--json",
+                    RAGFRESH_MODEL_CACHE=str(cache))  # fmt: skip
+    assert slow.returncode == 0, slow.stderr
+    assert json.loads(slow.stdout)["hits"][0]["chunk_id"] == answers[0]["hits"][0]["chunk_id"]
+    assert "note: exported the query encoder to" in slow.stderr
+    assert (cache / hit["model_id"] / "verified.json").exists()
 
     trace = ragfresh(small_settings, "trace", answers[0]["trace_id"])
     assert trace.returncode == 0, trace.stderr
@@ -182,3 +211,35 @@ def test_an_unevaluated_release_says_so(settings, corpus):
     assert "eval: UNEVALUATED - no golden case applies to these policies" in done.stdout
     status = ragfresh(settings, "--policies", str(other), "status")
     assert "the served release is UNEVALUATED" in status.stdout
+
+
+def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
+    refused = ragfresh(settings, "serve")
+    assert refused.returncode == 2 and "no API keys: set RAGFRESH_API_KEYS" in refused.stderr
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    keys = json.dumps({"cli-test-key-00000001": ["public"]})
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ragfresh.cli", "serve", "--port", str(port)],
+        env=environment(settings, RAGFRESH_API_KEYS=keys),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
+            with contextlib.suppress(httpx.TransportError):
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            time.sleep(0.5)
+        assert health.status_code == 503 and health.json()["status"] == "no release"
+        headers = {"Authorization": "Bearer cli-test-key-00000001"}
+        found = httpx.post(f"http://127.0.0.1:{port}/search", json={"question": "fee"},
+                           headers=headers, timeout=30)  # fmt: skip
+        assert found.status_code == 503 and "run a refresh" in found.json()["error"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        output = server.communicate(timeout=60)[0].decode()
+    assert "1 API keys from $RAGFRESH_API_KEYS" in output
+    assert "cli-test-key-00000001" not in output

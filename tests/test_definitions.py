@@ -37,6 +37,11 @@ EXPECTED = {
         "kinds": ["deltalake", "lancedb"], "tags": {"layer": "serving", "pii": "redacted"},
         "automation": FOLLOWS,
     },
+    "query_encoder": {
+        "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
+        "kinds": ["onnx", "pytorch"], "tags": {"layer": "serving", "pii": "none"},
+        "automation": FOLLOWS,
+    },
     "document_freshness": {
         "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
         "kinds": ["deltalake"], "tags": {"layer": "quality", "pii": "none"},

@@ -4,8 +4,9 @@ from deltalake import DeltaTable
 
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import refresh_chunks
-from ragfresh.config import Settings
+from ragfresh.config import CLASSIFICATIONS, Settings
 from ragfresh.documents import ingest_documents
+from ragfresh.errors import RagfreshError
 from ragfresh.pipeline import refresh
 from ragfresh.search import IndexNotBuiltError, ModelMismatchError, search, search_many
 from ragfresh.tables import RETRIEVAL_TRACES
@@ -127,3 +128,20 @@ def test_trace_appends_are_compacted_every_so_often(small_settings, embedder, mo
         search(small_settings, embedder, f"question {n}")
     history = DeltaTable(small_settings.table_uri(RETRIEVAL_TRACES.name)).history()
     assert any(h["operation"] == "OPTIMIZE" for h in history)
+
+
+def test_a_caller_reads_only_its_classifications_and_the_trace_says_which(small_settings, embedder):
+    refresh(small_settings, embedder, "build")
+    sentence = "Thresholds may never be raised by more than 3 percentage points in one change."
+    everything = search(small_settings, embedder, sentence, k=3)
+    assert everything.hits[0].classification == "restricted"
+    internal = search(small_settings, embedder, sentence, k=3, entitled=["public", "internal"])
+    assert len(internal.hits) == 3, "filtered inside the query, before ranking"
+    assert {h.classification for h in internal.hits} <= {"public", "internal"}
+    traces = pl.read_delta(small_settings.table_uri(RETRIEVAL_TRACES.name))
+    by_id = {row["trace_id"]: row for row in traces.iter_rows(named=True)}
+    assert by_id[internal.trace_id]["entitled"] == ["internal", "public"]
+    assert by_id[everything.trace_id]["entitled"] == sorted(CLASSIFICATIONS)
+    assert by_id[internal.trace_id]["api_key_id"] is None
+    with pytest.raises(RagfreshError, match="may read no classification"):
+        search(small_settings, embedder, sentence, entitled=[])

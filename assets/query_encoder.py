@@ -1,0 +1,43 @@
+"""Serving stage: the model exported to ONNX, so `ragfresh search` answers from a cold shell
+without importing torch."""
+
+import dagster as dg
+
+from orchestration.automation import FOLLOWS_UPSTREAM
+from orchestration.resources import EmbedderResource, RagfreshResource
+from ragfresh.query_encoder import MIN_COSINE, ExportError, export_onnx
+from ragfresh.tables import RETRIEVAL_TRACES
+
+
+@dg.asset(
+    deps=["served_index"],
+    group_name="serving",
+    owners=[RETRIEVAL_TRACES.owner],
+    kinds={"onnx", "pytorch"},
+    tags={"pii": "none", "layer": "serving"},
+    automation_condition=FOLLOWS_UPSTREAM,
+)
+def query_encoder(
+    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+):
+    """Export the served model's query encoder to ONNX once per model and trust it only when
+    its vectors match torch's. A model that cannot be exported is reported, not fatal:
+    searches then use torch."""
+    settings, model = ragfresh.settings(), embedder.embedder()
+    try:
+        export = export_onnx(settings, model)
+    except ExportError as exc:
+        context.log.warning("query_encoder: %s; searches use torch", exc)
+        return dg.MaterializeResult(
+            metadata={"exported": False, "model_id": model.model_id, "problem": str(exc)}
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "exported": export.exported,
+            "model_id": model.model_id,
+            "min_cosine_to_torch": round(export.min_cosine, 7),
+            "required_cosine": MIN_COSINE,
+            "seconds": round(export.seconds, 1),
+            "dagster/uri": str(export.directory),
+        }
+    )
