@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,14 @@ from ragfresh.tables import TableDef
 log = logging.getLogger(__name__)
 
 SUITES = Path(__file__).resolve().parents[1] / "expectations"
+MAX_FAILED_ROWS = 50  # per failed expectation, in check metadata
+RESULT_FORMAT = "COMPLETE"
 
 
 @dataclass(frozen=True)
 class Validation:
-    """The outcome of one suite over one table: what failed, with GX's own observed values."""
+    """The outcome of one suite over one table: each failed expectation with the key columns
+    of its failing rows (never their values, which may be PII)."""
 
     success: bool
     evaluated: int
@@ -42,8 +46,9 @@ def load_suite(path: Path) -> dict[str, Any]:
     return suite
 
 
-def validate(frame: pl.DataFrame, suite: dict[str, Any]) -> Validation:
-    """Run the suite over the frame in an ephemeral GX context (GX validates pandas)."""
+def validate(frame: pl.DataFrame, suite: dict[str, Any], key: Sequence[str]) -> Validation:
+    """Run the suite over the frame in an ephemeral GX context (GX validates pandas); failing
+    rows are named by their `key` columns."""
     import great_expectations as gx  # ~3 s and ~250 MB: only when a check runs
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -56,14 +61,15 @@ def validate(frame: pl.DataFrame, suite: dict[str, Any]) -> Validation:
         .get_batch(batch_parameters={"dataframe": frame.to_pandas()})
     )
     gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=suite["expectations"])
-    result = batch.validate(gx_suite)
+    result_format = {"result_format": RESULT_FORMAT, "unexpected_index_column_names": list(key)}
+    result = batch.validate(gx_suite, result_format=result_format)
     failures = [
         {
             "expectation": r.expectation_config.type,
             "column": r.expectation_config.kwargs.get("column")
             or r.expectation_config.kwargs.get("column_list"),
             "unexpected_count": r.result.get("unexpected_count"),
-            "examples": [str(v)[:80] for v in (r.result.get("partial_unexpected_list") or [])[:3]],
+            "rows": _key_rows(r.result.get("unexpected_index_list") or [], key),
         }
         for r in result.results
         if not r.success
@@ -72,6 +78,19 @@ def validate(frame: pl.DataFrame, suite: dict[str, Any]) -> Validation:
         "suite %s: %d expectations, %d failed", suite["name"], len(result.results), len(failures)
     )
     return Validation(bool(result.success), len(result.results), failures)
+
+
+def _key_rows(found: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
+    """The distinct key columns of failing rows, at most `MAX_FAILED_ROWS`. GX lists the
+    checked column's value beside them; it is dropped here: it may be PII, a key is not."""
+    rows: list[dict[str, Any]] = []
+    for row in found:
+        keyed = {k: getattr(row[k], "item", lambda v=row[k]: v)() for k in key}
+        if keyed not in rows:
+            rows.append(keyed)
+        if len(rows) == MAX_FAILED_ROWS:
+            break
+    return rows
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,7 @@ def validate_table(settings: Settings, table: TableDef, suite: dict[str, Any]) -
         "uri": uri,
         "table_version": delta.version() if delta else None,
         "suite_sha256": hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest(),
+        "result_format": RESULT_FORMAT,
     }
     record = f"check_{table.name}"
     cached = json.loads(read_state(settings, record) or "{}")
@@ -101,7 +121,7 @@ def validate_table(settings: Settings, table: TableDef, suite: dict[str, Any]) -
             Validation(**cached["validation"]), cached["rows"], key["table_version"], True
         )
     frame = delta_store.read_table(uri, table.schema)
-    validation = validate(frame, suite)
+    validation = validate(frame, suite, table.key)
     write_state(
         settings,
         record,

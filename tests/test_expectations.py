@@ -6,7 +6,14 @@ import pytest
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import read_chunks, refresh_chunks
 from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.expectations import SUITES, load_suite, suite_path, validate, validate_table
+from ragfresh.expectations import (
+    MAX_FAILED_ROWS,
+    SUITES,
+    load_suite,
+    suite_path,
+    validate,
+    validate_table,
+)
 from ragfresh.tables import POLICY_DOCUMENTS
 
 
@@ -26,23 +33,38 @@ def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
     assert refresh_chunks(settings, Chunker.for_model(embedder), run_id="r1").blocked > 0
     documents = read_documents(settings, current_only=False)
     assert documents["is_deleted"].any()
-    result = validate(documents, load_suite(suite_path("policy_documents")))
+    result = validate(documents, load_suite(suite_path("policy_documents")), POLICY_DOCUMENTS.key)
     assert result.success and result.evaluated == 10, result.failures
-    chunks = validate(read_chunks(settings), load_suite(suite_path("policy_chunks")))
+    chunks = validate(read_chunks(settings), load_suite(suite_path("policy_chunks")), ("chunk_id",))
     assert chunks.success, chunks.failures
 
 
-def test_a_bad_table_fails_with_what_and_where(settings):
+def test_a_bad_table_fails_naming_its_rows_by_key_and_never_their_values(settings):
     ingest_documents(settings, run_id="r1")
     documents = read_documents(settings, current_only=False)
-    bad = pl.concat([documents, documents.head(1).with_columns(classification=pl.lit("secret"))])
-    result = validate(bad, load_suite(suite_path("policy_documents")))
+    planted = documents.head(1).with_columns(classification=pl.lit("jane.doe@example.com"))
+    bad = pl.concat([documents, planted])
+    result = validate(bad, load_suite(suite_path("policy_documents")), POLICY_DOCUMENTS.key)
     assert not result.success
     failed = {(f["expectation"], str(f["column"])) for f in result.failures}
     assert ("expect_column_values_to_be_in_set", "classification") in failed
     assert ("expect_compound_columns_to_be_unique", "['doc_id', 'doc_version']") in failed
-    secret = next(f for f in result.failures if f["column"] == "classification")
-    assert secret["unexpected_count"] == 1 and secret["examples"] == ["secret"]
+    wrong = next(f for f in result.failures if f["column"] == "classification")
+    row = planted.row(0, named=True)
+    assert wrong["unexpected_count"] == 1
+    assert wrong["rows"] == [{"doc_id": row["doc_id"], "doc_version": row["doc_version"]}]
+    assert "jane.doe" not in json.dumps(result.failures)
+
+
+def test_failing_rows_are_capped_per_expectation(settings):
+    ingest_documents(settings, run_id="r1")
+    documents = read_documents(settings, current_only=False)
+    many = pl.concat([documents.with_columns(doc_version=pl.lit(v)) for v in range(1, 4)])
+    bad = many.with_columns(classification=pl.lit("secret"))
+    result = validate(bad, load_suite(suite_path("policy_documents")), POLICY_DOCUMENTS.key)
+    wrong = next(f for f in result.failures if f["column"] == "classification")
+    assert wrong["unexpected_count"] == bad.height > MAX_FAILED_ROWS
+    assert len(wrong["rows"]) == MAX_FAILED_ROWS
 
 
 def test_a_suite_without_expectations_is_rejected(tmp_path):
