@@ -28,6 +28,7 @@ DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
 CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
 VECTOR_COUNTS = ("embedded", "reused", "deleted")
 SHOWN_SKIPPED = 5
+SERVICE_PORT = 8000
 GOLDEN_HELP = "golden cases file (default: $RAGFRESH_GOLDEN_CASES or evals/golden_cases.csv)"
 
 
@@ -246,12 +247,6 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from ragfresh.query_encoder import query_encoder
 
-    embedder = Embedder()
-    with ThreadPoolExecutor(1) as pool:  # the encoder loads while Lance and polars import
-        loading = pool.submit(query_encoder, settings, embedder)
-        from ragfresh.search import search_many
-
-        encoder = loading.result()
     questions = [args.question] if args.question else []
     if args.questions:
         try:
@@ -261,6 +256,12 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
         questions += [line.strip() for line in lines if line.strip()]
     if not questions:
         raise ConfigError("give a QUESTION or --questions FILE")
+    embedder = Embedder()
+    with ThreadPoolExecutor(1) as pool:  # the encoder loads while Lance and polars import
+        loading = pool.submit(query_encoder, settings, embedder)
+        from ragfresh.search import search_many
+
+        encoder = loading.result()
     results = search_many(settings, encoder, questions, k=args.k, caller=args.caller)
     for result in results:
         if args.json:
@@ -434,12 +435,14 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
     serve = commands.add_parser("serve", help="the search service (HTTP, API keys)")
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--port", type=int, default=SERVICE_PORT, help=f"port (default {SERVICE_PORT})"
+    )
     serve.set_defaults(handler=_serve)
     dev = commands.add_parser("dev", help="start the Dagster UI on this home's instance")
     dev.add_argument(
-        "--serve", type=int, nargs="?", const=8000, metavar="PORT",
-        help="also start the search service on 127.0.0.1:PORT (default 8000)",
+        "--serve", type=int, nargs="?", const=SERVICE_PORT, metavar="PORT",
+        help=f"also start the search service on 127.0.0.1:PORT (default {SERVICE_PORT})",
     )  # fmt: skip
     dev.add_argument(
         "dagster_args", nargs="*", help="passed on to `dagster dev`, after --: dev -- -p 3001"

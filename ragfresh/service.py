@@ -116,7 +116,7 @@ def _error(code: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=code)
 
 
-def _caller(request: Request, keys: ApiKeys, name: str) -> Caller:
+def _caller(request: Request, keys: ApiKeys, name: str = "api") -> Caller:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     entitled = keys.entitlement(key.strip()) if scheme.lower() == "bearer" else None
     if entitled is None:
@@ -200,7 +200,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
             worker.cancel()
 
     async def search(request: Request) -> JSONResponse:
-        caller = _caller(request, keys, "api")
+        caller = _caller(request, keys)  # before the body: no key, no 422 either
         body = await _search_request(request)
         started = time.perf_counter()
         index = await run_in_threadpool(served.current)
@@ -233,7 +233,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
         })  # fmt: skip
 
     async def trace(request: Request) -> JSONResponse:
-        caller = _caller(request, keys, "trace")
+        caller = _caller(request, keys)
         trace_id = request.path_params["trace_id"]
         report = await run_in_threadpool(explain_trace, settings, trace_id)
         if report.trace.get("api_key_id") != caller.api_key_id:  # only the key's own traces
