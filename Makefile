@@ -3,8 +3,11 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# The browser tests drive Debian's chromium through Playwright (never `playwright install`,
+# which downloads a browser build of its own).
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: install run test lint dev benchmark clean
+.PHONY: install browser run test lint dev benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +17,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Installed once: the file itself is the stamp, so a repeated `make test` skips this.
+$(CHROMIUM):
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "error: $(CHROMIUM) is missing; the browser tests need Debian's chromium:" \
+			"run 'sudo apt-get install chromium' (or 'make browser' as root)" >&2; \
+		exit 1; \
+	fi
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+browser: $(CHROMIUM)
+
 run: install
 	$(BIN)/ragfresh run
 
@@ -21,7 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint browser
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest
 

@@ -1,14 +1,18 @@
 """Chunking stage: current documents become model-sized, PII-gated `policy_chunks`."""
 
 import dagster as dg
+import polars as pl
 
-from assets.metadata import table_asset
+from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
 from ragfresh.documents import read_documents
+from ragfresh.holds import read_holds
 from ragfresh.tables import POLICY_CHUNKS
+
+HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "reasons"]
 
 
 @dg.asset(
@@ -22,8 +26,15 @@ from ragfresh.tables import POLICY_CHUNKS
             asset=POLICY_CHUNKS.name,
             blocking=True,
             description="Every current document version is chunked under the current "
-            "chunking and PII configuration, and no chunk is longer than the model reads.",
-        )
+            "chunking and PII configuration, or held back, and no chunk is longer than the "
+            "model reads.",
+        ),
+        dg.AssetCheckSpec(
+            "documents_held",
+            asset=POLICY_CHUNKS.name,
+            description="No document is held back at its last good version. A held document "
+            "warns its owners and blocks nothing: the other documents flow on.",
+        ),
     ],
 )
 def policy_chunks(
@@ -42,7 +53,7 @@ def policy_chunks(
             "deleted": result.deleted,
             "blocked": result.blocked,
             "largest_chunk_tokens": result.largest_chunk_tokens,
-            "failed": dg.MetadataValue.json([{"doc_id": d, "reason": r} for d, r in result.failed]),
+            "held": len(result.held),
             "dagster/row_count": result.total_chunks,
             "dagster/uri": settings.table_uri(POLICY_CHUNKS.name),
         }
@@ -56,4 +67,23 @@ def policy_chunks(
             "documents_not_chunked": dg.MetadataValue.json(behind["doc_id"].to_list()),
             "chunks_over_token_limit": oversized,
         },
+    )
+    held = read_holds(settings)
+    yield dg.AssetCheckResult(
+        check_name="documents_held",
+        passed=held.is_empty(),
+        severity=dg.AssetCheckSeverity.WARN,
+        description=_held(held),
+        metadata={"held": markdown_table(held.select(HELD_COLUMNS))},
+    )
+
+
+def _held(held: pl.DataFrame) -> str | None:
+    """Who is held back, at which version, serving which, and why: for the check's summary."""
+    if held.is_empty():
+        return None
+    return f"{held.height} held back: " + "; ".join(
+        f"{h['doc_id']} v{h['doc_version']} ({', '.join(h['owners']) or 'unowned'}, serving "
+        f"v{h['served_version']}): {'; '.join(h['reasons'])}"
+        for h in held.head(10).iter_rows(named=True)
     )

@@ -45,9 +45,9 @@ def _report(evaluation: Evaluation) -> str:
         dg.AssetCheckSpec(
             "release_gate",
             asset="regression_eval",
-            blocking=True,
             description="No case unaffected by the change newly fails, no stale evidence is "
-            "served, hit@5 holds: otherwise the previous release keeps serving.",
+            "served, hit@5 holds: otherwise the previous release keeps serving. Enforced where "
+            "the release is published; not blocking, so the owners' reports still follow.",
         )
     ],
 )

@@ -28,7 +28,8 @@ OBJECTIVE = timedelta(seconds=freshness_slo())
 )
 def served_index(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
     """Point the `served` tag at the candidate that passed its evaluation (or that no golden
-    case applies to); record who and why. Runs only when `release_gate` passed."""
+    case applies to); record who and why. A blocked candidate is never published: the
+    previous release keeps serving and the materialization says why."""
     settings = ragfresh.settings()
     result = publish_candidate(settings, actor=f"run:{context.run.run_id}")
     context.log.info("served_index: %s", result.message)

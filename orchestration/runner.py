@@ -60,6 +60,16 @@ def _value(entry: Any) -> Any:
     return getattr(entry, "value", entry)
 
 
+def _outcome(check: dg.AssetCheckEvaluation) -> str:
+    """passed; warned (a held document, freshness at risk); failed; blocked (it failed and
+    stopped what follows it in the run)."""
+    if check.passed:
+        return "passed"
+    if check.severity == dg.AssetCheckSeverity.WARN:
+        return "warned"
+    return "blocked" if check.blocking else "failed"
+
+
 def run_refresh(settings: Settings) -> dict[str, Any]:
     """Materialize every asset once, recorded in the instance the UI reads; return metadata."""
     export_settings(settings)
@@ -77,7 +87,7 @@ def run_refresh(settings: Settings) -> dict[str, Any]:
             cause = error.cause or error
             raise RunFailedError(f"step {event.step_key} failed: {cause.message.strip()}")
     checks = {
-        f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+        f"{e.asset_key.to_user_string()}:{e.check_name}": _outcome(e)
         for e in result.get_asset_check_evaluations()
     }
     summary: dict[str, Any] = {"run": {"run_id": result.run_id}, "checks": checks}

@@ -13,6 +13,14 @@ from ragfresh import delta_store
 from ragfresh.chunking import Chunker
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
+from ragfresh.holds import (
+    VERSION,
+    attempt_id,
+    failing_documents,
+    new_holds,
+    standing_holds,
+    write_holds,
+)
 from ragfresh.pii import PiiSpan
 from ragfresh.sql import in_list
 from ragfresh.tables import POLICY_CHUNKS, empty_frame
@@ -30,7 +38,7 @@ class ChunkResult:
     blocked: int
     total_chunks: int
     largest_chunk_tokens: int
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    held: list[dict] = field(default_factory=list)  # doc_id, doc_version, owners, reasons
 
 
 def chunking_id(settings: Settings, chunker: Chunker) -> str:
@@ -48,10 +56,12 @@ def read_chunks(settings: Settings, columns: list[str] | None = None) -> pl.Data
 def unchunked_documents(
     settings: Settings, documents: pl.DataFrame, config_id: str
 ) -> pl.DataFrame:
-    """Current documents whose current version has no chunks under this configuration."""
+    """Current documents whose current version has no chunks under this configuration and is
+    not held back under it."""
     done = read_chunks(settings, ["doc_id", "doc_version", "chunker_id"]).unique()
     done = done.filter(pl.col("chunker_id") == config_id)
-    return documents.join(done, on=["doc_id", "doc_version"], how="anti")
+    held = standing_holds(settings, documents, attempt_id(config_id))
+    return documents.join(done, on=VERSION, how="anti").join(held, on=VERSION, how="anti")
 
 
 def oversized_chunks(settings: Settings, max_tokens: int) -> int:
@@ -82,25 +92,31 @@ def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_i
 
 def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     """Re-chunk documents whose version or chunking changed; drop chunks of removed documents.
-    A document that fails to chunk keeps its previous chunks and is reported; the rest go on."""
+    A version that fails to chunk or fails a row-level expectation is held back: the
+    document keeps its previous chunks and its owner is told why; the rest go on."""
     config_id = chunking_id(settings, chunker)
+    attempt = attempt_id(config_id)
     documents = read_documents(settings)
     stale = unchunked_documents(settings, documents, config_id)
-    chunked = set(read_chunks(settings, ["doc_id"])["doc_id"])
-    removed = sorted(chunked - set(documents["doc_id"]))
+    chunked = read_chunks(settings, ["doc_id", "doc_version"]).unique()
+    removed = sorted(set(chunked["doc_id"]) - set(documents["doc_id"]))
     rows: list[dict] = []
-    done: list[str] = []
-    failed: list[tuple[str, str]] = []
+    crashed: dict[str, str] = {}
     for number, doc in enumerate(stale.iter_rows(named=True), start=1):
         try:
             rows += _rows(settings, chunker, doc, config_id, run_id)
-            done.append(doc["doc_id"])
         except Exception as exc:  # one document's failure must not stop the others
-            failed.append((doc["doc_id"], f"{type(exc).__name__}: {exc}"))
-            log.error("could not chunk %s: %s", doc["doc_id"], exc)
+            crashed[doc["doc_id"]] = f"chunking raised {type(exc).__name__}"
+            log.error("could not chunk %s: %s", doc["doc_id"], type(exc).__name__)
         if number % 50 == 0:
             log.info("chunked %d/%d documents", number, stale.height)
     new_chunks = pl.DataFrame(rows, schema=empty_frame(POLICY_CHUNKS).schema)
+    failures = failing_documents(stale, new_chunks) if rows else {}
+    served = dict(chunked.iter_rows())
+    held = new_holds(stale, failures, crashed, served, attempt, run_id)
+    new_chunks = new_chunks.filter(~pl.col("doc_id").is_in(held["doc_id"].implode()))
+    write_holds(settings, pl.concat([standing_holds(settings, documents, attempt), held]), run_id)
+    done = sorted(set(stale["doc_id"]) - set(held["doc_id"]))
     touched = sorted(set(done) | set(removed))
     metrics = {}
     if touched:
@@ -124,5 +140,5 @@ def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkRe
         blocked=int((new_chunks["pii_action"] == "blocked").sum()),
         total_chunks=read_chunks(settings, ["chunk_id"]).height,
         largest_chunk_tokens=int(new_chunks["token_count"].max() or 0),
-        failed=failed,
+        held=held.select("doc_id", "doc_version", "owners", "reasons").to_dicts(),
     )

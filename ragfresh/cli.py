@@ -20,11 +20,18 @@ from ragfresh.embedding import Embedder
 from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
 from ragfresh.freshness import freshness_summary
 from ragfresh.golden import load_golden
+from ragfresh.holds import held_summary
 
 # Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
 # refresh with nothing to do should not wait for them.
 
 DOCUMENT_COUNTS = ("added", "changed", "deleted", "unchanged", "quarantined")
+CHECK_OUTCOMES = {
+    "passed": "passed",
+    "warned": "WARNED (nothing blocked)",
+    "failed": "FAILED",
+    "blocked": "FAILED (later stages skipped)",
+}
 CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
 VECTOR_COUNTS = ("embedded", "reused", "deleted")
 SHOWN_SKIPPED = 5
@@ -45,7 +52,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     if last is None:
         record_refresh(settings, model_id, summary)
     summary["freshness"] = freshness_summary(settings)
-    status = 0 if all(summary["checks"].values()) else 1
+    summary["held"] = held_summary(settings)
+    status = 1 if {"failed", "blocked"} & set(summary["checks"].values()) else 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -117,14 +125,17 @@ def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
         print(f"  quarantined {error['path']}: {error['reason']}")
     for reason in summary["owners_file_errors"]:
         print(f"  {reason} (owners and classification kept as they were)")
+    for held in summary["held"]:
+        print(f"  HELD BACK: {held['doc_id']} v{held['doc_version']} (owners "
+              f"{', '.join(held['owners']) or '(unowned)'}) serving v{held['served_version']}: "
+              f"{'; '.join(held['reasons'])}")  # fmt: skip
     _print_eval(summary["eval"])
     release = summary["release"]
     print(f"  release: {release['message']}")
     _print_freshness(summary["freshness"])
     checks_from = f" (from run {since})" if since else ""
-    for check, passed in summary["checks"].items():
-        verdict = "passed" if passed else "FAILED (later stages skipped)"
-        print(f"  check {check}: {verdict}{checks_from}")
+    for check, outcome in summary["checks"].items():
+        print(f"  check {check}: {CHECK_OUTCOMES[outcome]}{checks_from}")
 
 
 def _print_freshness(freshness: dict[str, Any]) -> None:
@@ -330,6 +341,26 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if healthy and not status["waiting"] else 1
 
 
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.reports import ACTIONS, build_reports
+
+    reports = build_reports(settings, Embedder().model_id, owner=args.owner)
+    if args.json:
+        print(json.dumps(reports.to_dict()))
+        return 0
+    print(f"quality reports in {reports.directory}")
+    if reports.index:
+        print(f"  index: {reports.index}")
+    for report in reports.owners:
+        print(f"  {report.owner}: {report.path}")
+        for kind, count in report.needs_action.items():
+            if count:
+                print(f"    needs action: {ACTIONS[kind]}: {count}")
+    if reports.data_docs:
+        print(f"  Data Docs: {reports.data_docs}")
+    return 0
+
+
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
     from orchestration.runner import export_settings, prepare_instance
 
@@ -433,6 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="counts, reconciliation and index version")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
+    report = commands.add_parser(
+        "report", help="write the HTML quality report of every data owner, and their index"
+    )
+    report.add_argument("--owner", help="only this owner's report (a name such as team:hr)")
+    report.add_argument("--json", action="store_true", help="print the paths and counts as JSON")
+    report.set_defaults(handler=_report)
     serve = commands.add_parser("serve", help="the search service (HTTP, API keys)")
     serve.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     serve.add_argument(

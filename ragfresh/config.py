@@ -110,6 +110,7 @@ class Settings:
     freshness_slo: float = 600.0
     source_quiet_seconds: float = 2.0
     model_cache_dir: Path | None = None
+    max_held_share: float = 0.25
 
     @property
     def dagster_home(self) -> Path:
@@ -172,6 +173,7 @@ class Settings:
             source_quiet_seconds=parse_duration(
                 "RAGFRESH_SOURCE_QUIET", env.get("RAGFRESH_SOURCE_QUIET", "2s")
             ),
+            max_held_share=_fraction_setting("RAGFRESH_MAX_HELD_SHARE", 0.25),
             model_cache_dir=Path(env["RAGFRESH_MODEL_CACHE"]).resolve()
             if env.get("RAGFRESH_MODEL_CACHE")
             else None,

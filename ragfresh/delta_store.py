@@ -126,3 +126,13 @@ def append(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
     )
     if delta.version() % COMPACT_EVERY == 0:
         delta.optimize.compact(commit_properties=commit_properties(run_id, "compact"))
+
+
+def overwrite(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
+    """Replace the table's rows in one commit: for tables that hold only a current state."""
+    write_deltalake(
+        ensure_table(table, uri, run_id),
+        _arrow(rows, table.schema),
+        mode="overwrite",
+        commit_properties=commit_properties(run_id, "overwrite"),
+    )

@@ -1,37 +1,71 @@
-"""Validate a table against its Great Expectations suite (`expectations/<table>.json`)."""
+"""Great Expectations suites (`expectations/<table>.json`): load them, run one over rows, and
+publish the results as GX Data Docs under the home."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
+import shutil
+import sys
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from ragfresh import delta_store
 from ragfresh.config import Settings
-from ragfresh.local_state import read_state, write_state
-from ragfresh.tables import TableDef
+from ragfresh.tables import (
+    EVAL_CASE_RESULTS,
+    INGEST_ERRORS,
+    POLICY_CHUNKS,
+    POLICY_DOCUMENTS,
+    VECTORS,
+)
 
 log = logging.getLogger(__name__)
 
 SUITES = Path(__file__).resolve().parents[1] / "expectations"
-MAX_FAILED_ROWS = 50  # per failed expectation, in check metadata
+MAX_FAILED_ROWS = 50  # per failed expectation, in check metadata and reports
 RESULT_FORMAT = "COMPLETE"
+# What names a failing row: the table's key, with the document for rows a document can be
+# held back by, and never a column that may carry a value (an ingest error's reason).
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    POLICY_DOCUMENTS.name: POLICY_DOCUMENTS.key,
+    POLICY_CHUNKS.name: ("doc_id", "chunk_id"),
+    INGEST_ERRORS.name: ("path", "content_sha256"),
+    EVAL_CASE_RESULTS.name: EVAL_CASE_RESULTS.key,
+    VECTORS: ("doc_id", "chunk_id"),
+}
+# Tables whose failing rows hold their documents back (see `ragfresh.holds`) rather than
+# stop the run, up to `Settings.max_held_share` of their rows.
+HOLDS_DOCUMENTS = (POLICY_DOCUMENTS.name, POLICY_CHUNKS.name)
+# GX keeps each failing value beside its row: values may be PII, so only counts and keys stay.
+VALUE_RESULTS = (
+    "partial_unexpected_list",
+    "unexpected_list",
+    "partial_unexpected_counts",
+    "partial_unexpected_index_list",
+    "unexpected_index_query",
+    "observed_value",
+    "details",
+)
 
 
 @dataclass(frozen=True)
 class Validation:
-    """The outcome of one suite over one table: each failed expectation with the key columns
-    of its failing rows (never their values, which may be PII)."""
+    """The outcome of one suite over some rows: each failed expectation with the key columns
+    of its failing rows (never their values, which may be PII). A failure with `rows` None is
+    about the table as a whole (its columns, its size)."""
 
     success: bool
     evaluated: int
     failures: list[dict[str, Any]] = field(default_factory=list)
+    failing_rows: int = 0
 
 
 def suite_path(table: str, folder: Path = SUITES) -> Path:
@@ -46,87 +80,177 @@ def load_suite(path: Path) -> dict[str, Any]:
     return suite
 
 
-def validate(frame: pl.DataFrame, suite: dict[str, Any], key: Sequence[str]) -> Validation:
-    """Run the suite over the frame in an ephemeral GX context (GX validates pandas); failing
-    rows are named by their `key` columns."""
-    import great_expectations as gx  # ~3 s and ~250 MB: only when a check runs
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+def suite_sha256(suite: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest()
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+
+def render_suite(suite: dict[str, Any]) -> str:
+    """The suite as stored: read back through GX (an unknown expectation or argument fails
+    here), without the ids GX adds, keys sorted: rebuilding never changes the file."""
+    rebuilt = _gx_suite(suite).to_json_dict()
+    stored = {
+        "name": rebuilt["name"],
+        "meta": {k: v for k, v in rebuilt["meta"].items() if k != "great_expectations_version"},
+        "expectations": [
+            {"type": e["type"], "kwargs": e["kwargs"], **({"meta": e["meta"]} if e["meta"] else {})}
+            for e in rebuilt["expectations"]
+        ],
+    }
+    return json.dumps(stored, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _gx_suite(suite: dict[str, Any]):  # -> gx.ExpectationSuite
+    """The suite as GX reads it. GX logs an expectation it cannot read and drops it: here
+    that is an error naming the suite, not a check that silently does less."""
+    import great_expectations as gx
+
+    copied = copy.deepcopy(suite)  # GX writes into what it is given
+    built = gx.ExpectationSuite(
+        name=copied["name"], expectations=copied["expectations"], meta=copied.get("meta")
+    )
+    lost = Counter(e["type"] for e in suite["expectations"]) - Counter(
+        e.expectation_type for e in built.expectations
+    )
+    if lost:
+        raise ValueError(f"suite {suite['name']}: GX cannot read {', '.join(sorted(lost))}")
+    return built
+
+
+def suite_parameters(model_id: str, dimensions: int) -> dict[str, Any]:
+    """Values the suites refer to as `{"$PARAMETER": name}`: the configured model."""
+    return {"model_ids": [model_id], "dimensions": dimensions}
+
+
+def _context(settings: Settings | None):  # -> gx.data_context.EphemeralDataContext
+    """A GX context in memory; with settings, its stores and Data Docs live under the home."""
+    import great_expectations as gx  # ~3 s and ~250 MB: only when a check runs
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        FilesystemStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    if settings is None:
+        context = gx.get_context(mode="ephemeral")
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        return context
+    config = DataContextConfig(
+        store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(gx_dir(settings))),
+        data_docs_sites={
+            "ragfresh": {
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": str(data_docs_dir(settings)),
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            }
+        },
+        progress_bars=ProgressBarsConfig(globally=False),
+        analytics_enabled=False,
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def gx_dir(settings: Settings) -> Path:
+    """GX's stores: the suites and the last validation result of each table."""
+    return settings.home / "reports" / "gx"
+
+
+def data_docs_dir(settings: Settings) -> Path:
+    return settings.home / "reports" / "data_docs"
+
+
+def validate(
+    frame: pl.DataFrame,
+    suite: dict[str, Any],
+    key: Sequence[str],
+    parameters: dict[str, Any] | None = None,
+    limit: int | None = MAX_FAILED_ROWS,
+    docs: Settings | None = None,
+) -> Validation:
+    """Run the suite over the frame (GX validates pandas); failing rows are named by their
+    `key` columns, at most `limit` per expectation. With `docs`, the result, stripped of
+    values, is published to the home's Data Docs."""
+
+    context = _context(docs)
     batch = (
         context.data_sources.add_pandas("ragfresh")
         .add_dataframe_asset(suite["name"])
         .add_batch_definition_whole_dataframe("whole table")
         .get_batch(batch_parameters={"dataframe": frame.to_pandas()})
     )
-    gx_suite = gx.ExpectationSuite(name=suite["name"], expectations=suite["expectations"])
+    gx_suite = _gx_suite(suite)
     result_format = {"result_format": RESULT_FORMAT, "unexpected_index_column_names": list(key)}
-    result = batch.validate(gx_suite, result_format=result_format)
-    failures = [
-        {
-            "expectation": r.expectation_config.type,
-            "column": r.expectation_config.kwargs.get("column")
-            or r.expectation_config.kwargs.get("column_list"),
-            "unexpected_count": r.result.get("unexpected_count"),
-            "rows": _key_rows(r.result.get("unexpected_index_list") or [], key),
-        }
-        for r in result.results
-        if not r.success
-    ]
+    result = batch.validate(
+        gx_suite, result_format=result_format, expectation_parameters=parameters or {}
+    )
+    failing: set[tuple] = set()
+    failures = []
+    for r in result.results:
+        found = r.result.get("unexpected_index_list")
+        rows = None if found is None else _key_rows(found, key)
+        kind, kwargs = r.expectation_config.type, r.expectation_config.kwargs
+        table_level = kind.startswith("expect_table_")  # its observations are column names
+        for name in VALUE_RESULTS[: 5 if table_level else None]:
+            r.result.pop(name, None)
+        if rows:  # Data Docs list the failing rows by key where GX would list their values
+            named = [", ".join(f"{k}={v}" for k, v in row.items()) for row in rows]
+            r.result["partial_unexpected_list"] = named[:MAX_FAILED_ROWS]
+            r.result["unexpected_index_list"] = rows[:MAX_FAILED_ROWS]
+        if r.success:
+            continue
+        failing.update(tuple(row.values()) for row in rows or [])
+        failures.append(
+            {
+                "expectation": kind,
+                "column": kwargs.get("column") or kwargs.get("column_list"),
+                "unexpected_count": r.result.get("unexpected_count"),
+                "rows": rows if rows is None or limit is None else rows[:limit],
+                **({"observed": r.result.get("observed_value")} if table_level else {}),
+            }
+        )
+    if docs is not None:
+        _publish(context, gx_suite, result, docs)
     log.info(
         "suite %s: %d expectations, %d failed", suite["name"], len(result.results), len(failures)
     )
-    return Validation(bool(result.success), len(result.results), failures)
+    return Validation(bool(result.success), len(result.results), failures, len(failing))
 
 
 def _key_rows(found: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str, Any]]:
-    """The distinct key columns of failing rows, at most `MAX_FAILED_ROWS`. GX lists the
-    checked column's value beside them; it is dropped here: it may be PII, a key is not."""
-    rows: list[dict[str, Any]] = []
+    """The distinct key columns of failing rows. GX lists the checked column's value beside
+    them; it is dropped here: it may be PII, a key is not."""
+    rows: dict[tuple, dict[str, Any]] = {}
     for row in found:
         keyed = {k: getattr(row[k], "item", lambda v=row[k]: v)() for k in key}
-        if keyed not in rows:
-            rows.append(keyed)
-        if len(rows) == MAX_FAILED_ROWS:
-            break
-    return rows
+        rows.setdefault(tuple(keyed.values()), keyed)
+    return list(rows.values())
 
 
-@dataclass(frozen=True)
-class TableValidation:
-    """A table's validation at one Delta version; `reused` when that version was validated
-    before with the same suite, so it was not read or validated again."""
-
-    validation: Validation
-    rows: int
-    table_version: int | None
-    reused: bool
-
-
-def validate_table(settings: Settings, table: TableDef, suite: dict[str, Any]) -> TableValidation:
-    """Validate the table against its suite, unless this version already was."""
-    uri = settings.table_uri(table.name)
-    delta = delta_store.open_table(uri)
-    key = {
-        "uri": uri,
-        "table_version": delta.version() if delta else None,
-        "suite_sha256": hashlib.sha256(json.dumps(suite, sort_keys=True).encode()).hexdigest(),
-        "result_format": RESULT_FORMAT,
-    }
-    record = f"check_{table.name}"
-    cached = json.loads(read_state(settings, record) or "{}")
-    if cached.get("key") == key:
-        return TableValidation(
-            Validation(**cached["validation"]), cached["rows"], key["table_version"], True
-        )
-    frame = delta_store.read_table(uri, table.schema)
-    validation = validate(frame, suite, table.key)
-    write_state(
-        settings,
-        record,
-        json.dumps(
-            {"key": key, "rows": frame.height, "validation": asdict(validation)}, default=str
-        ),
+def _publish(context, suite, result, settings: Settings) -> None:
+    """Keep this table's latest result in the store and rebuild the Data Docs site from it."""
+    from great_expectations.core.run_identifier import RunIdentifier
+    from great_expectations.data_context.types.resource_identifiers import (
+        ExpectationSuiteIdentifier,
+        ValidationResultIdentifier,
     )
-    return TableValidation(validation, frame.height, key["table_version"], False)
+
+    store = context.validation_results_store
+    for old in store.list_keys():
+        if old.expectation_suite_identifier.name == suite.name:
+            store.remove_key(old)
+    shutil.rmtree(data_docs_dir(settings) / "validations" / suite.name, ignore_errors=True)
+    context.suites.add_or_update(suite)
+    run = RunIdentifier(run_name="ragfresh", run_time=datetime.now(tz=UTC))
+    store.set(
+        ValidationResultIdentifier(ExpectationSuiteIdentifier(name=suite.name), run, "table"),
+        result,
+    )
+    context.build_data_docs()
+
+
+if __name__ == "__main__":  # python -m ragfresh.expectations: rewrite the suites as stored
+    for path in sorted(SUITES.glob("*.json")):
+        path.write_text(render_suite(load_suite(path)), encoding="utf-8")
+        print(path, file=sys.stderr)

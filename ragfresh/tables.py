@@ -93,6 +93,29 @@ POLICY_CHUNKS = TableDef(
     ]),
 )  # fmt: skip
 
+HELD_DOCUMENTS = TableDef(
+    name="held_documents",
+    description="Documents held back at their last good version, and why: for their owners.",
+    owner="team:data-platform",
+    key=("doc_id",),
+    schema=pa.schema([
+        col("doc_id", pa.string(), "Document held back"),
+        col("doc_version", pa.int64(), "Its current version, the one not chunked"),
+        col("served_version", pa.int64(), "Last good version, still chunked and served; null "
+            "when none"),
+        col("owners", pa.list_(pa.string()), "Owning teams or people; empty means unowned"),
+        col("classification", pa.string(), "Classification of the held version"),
+        col("stage", pa.string(), "expectations (a row failed a suite) or chunking (it raised)"),
+        col("reasons", pa.list_(pa.string()), "What failed, in words, never a value"),
+        col("failures", pa.string(), "JSON: each failed expectation with the key columns of "
+            "its failing rows"),
+        col("attempt_id", pa.string(), "Chunking and suites configuration of the attempt: a "
+            "change to either tries the document again"),
+        col("held_at", TS, "When this version was first held"),
+        col("run_id", pa.string(), "Run that first held this version"),
+    ]),
+)  # fmt: skip
+
 HIT = pa.struct([
     ("rank", pa.int64()), ("chunk_id", pa.string()), ("doc_id", pa.string()),
     ("doc_version", pa.int64()), ("score", pa.float64()),
@@ -249,10 +272,12 @@ DOCUMENT_FRESHNESS = TableDef(
     ]),
 )  # fmt: skip
 
+VECTORS = "policy_vectors"  # the LanceDB table of `ragfresh.vectors`
+
 TABLES = {
     t.name: t
     for t in (
-        POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, RETRIEVAL_TRACES,
+        POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, HELD_DOCUMENTS, RETRIEVAL_TRACES,
         EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT, DOCUMENT_FRESHNESS,
     )
 }  # fmt: skip

@@ -24,14 +24,13 @@ from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.freshness import record_embedded
 from ragfresh.sql import in_list, literal
-from ragfresh.tables import POLICY_CHUNKS, TS
+from ragfresh.tables import POLICY_CHUNKS, TS, VECTORS
 
 if TYPE_CHECKING:
     import lancedb
 
 log = logging.getLogger(__name__)
 
-VECTORS = "policy_vectors"
 METADATA = ["chunk_id", "doc_id", "doc_version", "chunk_index", "heading", "char_start",
             "char_end", "owners", "classification", "text", "embed_text",
             "text_sha256"]  # fmt: skip
@@ -120,6 +119,20 @@ def reconcile(settings: Settings, model_id: str) -> dict[str, int]:
         "duplicates": existing.height - existing["chunk_id"].n_unique(),
         "model_mismatch": existing.filter(pl.col("model_id") != model_id).height,
     }
+
+
+def vector_gaps(settings: Settings, model_id: str) -> pl.DataFrame:
+    """Per document with a gap: chunks without a vector (missing), vectors that differ from
+    their chunk or come from another model (stale), vectors of chunks gone (orphaned)."""
+    desired = _desired_rows(settings)
+    existing = read_vector_rows(open_vectors(settings), [*COMPARED, "model_id"])
+    missing = desired.join(existing, on="chunk_id", how="anti")
+    stale = _changed_rows(desired, existing, model_id).join(missing, on="chunk_id", how="anti")
+    orphaned = existing.join(desired, on="chunk_id", how="anti")
+    kinds = {"missing": missing, "stale": stale, "orphaned": orphaned}
+    gaps = pl.concat([rows.select("doc_id", kind=pl.lit(kind)) for kind, rows in kinds.items()])
+    counts = [(pl.col("kind") == kind).sum().cast(pl.Int64).alias(kind) for kind in kinds]
+    return gaps.group_by("doc_id").agg(counts).sort("doc_id")
 
 
 Embedding = tuple[np.ndarray, datetime]

@@ -9,12 +9,16 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "policies"
@@ -37,6 +41,7 @@ ENVIRONMENT = (
     "RAGFRESH_JUDGE_MODEL", "RAGFRESH_ESCALATION_THRESHOLD", "RAGFRESH_GATE_MIN_HIT_AT_5",
     "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", "RAGFRESH_GATE_MAX_HIT_AT_5_DROP",
     "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET", "RAGFRESH_API_KEYS",
+    "RAGFRESH_MAX_HELD_SHARE",
 )  # fmt: skip
 
 
@@ -148,3 +153,57 @@ def chat_server() -> Iterator[ChatServer]:
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+# Real-browser tests: Playwright drives Debian's chromium (`make test` installs it; Playwright's
+# own browser download cannot reach the network, so `playwright install` is never used).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # CI runs as root
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    # The network is closed: without these, Chromium's own connections pile up refused.
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's, at /usr/bin/chromium) under Playwright's sync API, started
+    once for the session."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make browser` (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A new page in its own browser context. `page.console_errors` (an attribute set on the
+    page object itself) collects the text of every console message of type "error" and of
+    every uncaught page error ("pageerror", prefixed `pageerror: `), in order."""
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    new_page = context.new_page()
+    errors: list[str] = []
+    new_page.console_errors = errors
+    new_page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    new_page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    yield new_page
+    context.close()
+
+
+@pytest.fixture
+def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder for the test's screenshots (PNG), under pytest's temporary directory
+    (`<basetemp>/screenshots-<test name>N/`); every browser test saves at least one."""
+    name = "".join(c if c.isalnum() or c in "-_" else "_" for c in request.node.name)[:40]
+    return tmp_path_factory.mktemp(f"screenshots-{name}")

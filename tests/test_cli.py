@@ -71,7 +71,7 @@ def test_run_json_summary_and_runs_recorded_in_the_instance(settings, corpus):
 
     forced = json.loads(ragfresh(settings, "run", "--force", "--json").stdout)
     assert forced["run_id"] and forced["vectors"]["embedded"] == 0
-    assert forced["checks"]["document_freshness:freshness_objective"]
+    assert forced["checks"]["document_freshness:freshness_objective"] == "passed"
 
 
 def test_a_run_with_nothing_to_do_loads_no_model_dagster_or_great_expectations(small_settings):
@@ -95,11 +95,13 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     built = json.loads(ragfresh(small_settings, "run", "--json").stdout)
     assert built["vectors"]["embedded"] == built["vectors"]["rows"] > 0
     assert set(built["checks"]) == {
-        "policy_documents:expectations", "policy_chunks:chunks_current",
-        "policy_chunks:expectations", "policy_vectors:vectors_reconcile",
+        "policy_documents:expectations", "ingest_errors:expectations",
+        "policy_chunks:chunks_current", "policy_chunks:expectations",
+        "policy_chunks:documents_held", "policy_vectors:expectations",
+        "policy_vectors:vectors_reconcile", "regression_eval:eval_case_results_expectations",
         "regression_eval:release_gate", "document_freshness:freshness_objective",
     }  # fmt: skip
-    assert all(built["checks"].values())
+    assert set(built["checks"].values()) == {"passed"} and built["held"] == []
     assert built["eval"]["verdict"] == "passed" and built["eval"]["cases"] > 0
     assert (
         built["release"]["published"]
@@ -148,15 +150,28 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr
 
 
-def test_a_failed_blocking_check_exits_1_with_the_summary(small_settings):
+def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
     assert ragfresh(small_settings, "run").returncode == 0
+    leave = small_settings.policies / "hr" / "annual-leave.md"
+    leave.write_text(leave.read_text() + "\nCarry-over requests go to \ufffd\ufffd.\n")
+    held = ragfresh(small_settings, "run")
+    assert held.returncode == 0, held.stderr
+    assert (
+        "HELD BACK: hr/annual-leave.md v2 (owners hr-policies@northwind-bank.com) serving v1: "
+        "policy_documents: expect_column_values_to_not_match_regex on text (1 row)"
+    ) in held.stdout
+    assert "check policy_chunks:documents_held: WARNED (nothing blocked)" in held.stdout
+
     uri = small_settings.table_uri("policy_documents")
-    bad = pl.read_delta(uri).head(1).with_columns(classification=pl.lit("secret"))
-    write_deltalake(uri, bad.to_arrow(), mode="append")
+    bad = pl.read_delta(uri).head(1).with_columns(reviewer=pl.lit("someone"))
+    write_deltalake(uri, bad.to_arrow(), mode="append", schema_mode="merge")
     done = ragfresh(small_settings, "run", "--json")
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)
-    assert summary["checks"] == {"policy_documents:expectations": False}
+    assert summary["checks"] == {
+        "policy_documents:expectations": "blocked",
+        "ingest_errors:expectations": "passed",
+    }
     assert "vectors" in summary and summary["vectors"]["embedded"] == 0
     assert summary["release"]["published"] is False and summary["eval"] is None
 

@@ -1,27 +1,55 @@
 import json
+import shutil
 
 import polars as pl
 import pytest
 
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import read_chunks, refresh_chunks
+from ragfresh.config import Settings
 from ragfresh.documents import ingest_documents, read_documents
 from ragfresh.expectations import (
     MAX_FAILED_ROWS,
+    ROW_KEYS,
     SUITES,
     load_suite,
+    render_suite,
+    suite_parameters,
     suite_path,
     validate,
-    validate_table,
 )
-from ragfresh.tables import POLICY_DOCUMENTS
+from ragfresh.pipeline import refresh
+from ragfresh.table_checks import table_rows
+from ragfresh.tables import POLICY_DOCUMENTS, TABLES, VECTORS
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
+
+SUITE_NAMES = [
+    "eval_case_results", "ingest_errors", "policy_chunks", "policy_documents", "policy_vectors",
+]  # fmt: skip
 
 
-def test_every_suite_is_named_after_its_table():
-    names = sorted(p.stem for p in SUITES.glob("*.json"))
-    assert names == ["policy_chunks", "policy_documents"]
-    for name in names:
-        assert load_suite(suite_path(name))["name"] == name
+def test_every_suite_is_named_after_its_table_and_stored_as_gx_rebuilds_it():
+    assert sorted(p.stem for p in SUITES.glob("*.json")) == SUITE_NAMES
+    for name in SUITE_NAMES:
+        path = suite_path(name)
+        assert load_suite(path)["name"] == name
+        # `python -m ragfresh.expectations` rewrites them; a rebuild changes no byte
+        assert render_suite(load_suite(path)) == path.read_text(encoding="utf-8")
+
+
+def test_each_delta_suite_expects_exactly_its_tables_columns():
+    for name in set(SUITE_NAMES) & set(TABLES):
+        [columns] = [
+            e for e in load_suite(suite_path(name))["expectations"]
+            if e["type"] == "expect_table_columns_to_match_set"
+        ]  # fmt: skip
+        assert columns["kwargs"]["column_set"] == TABLES[name].schema.names
+
+
+def test_a_suite_gx_cannot_read_is_rejected_when_rendered():
+    bad = {"name": "x", "expectations": [{"type": "expect_column_to_be_nice", "kwargs": {}}]}
+    with pytest.raises(ValueError, match="suite x: GX cannot read expect_column_to_be_nice"):
+        render_suite(bad)
 
 
 def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
@@ -34,7 +62,7 @@ def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
     documents = read_documents(settings, current_only=False)
     assert documents["is_deleted"].any()
     result = validate(documents, load_suite(suite_path("policy_documents")), POLICY_DOCUMENTS.key)
-    assert result.success and result.evaluated == 10, result.failures
+    assert result.success and result.evaluated == 12, result.failures
     chunks = validate(read_chunks(settings), load_suite(suite_path("policy_chunks")), ("chunk_id",))
     assert chunks.success, chunks.failures
 
@@ -74,18 +102,54 @@ def test_a_suite_without_expectations_is_rejected(tmp_path):
         load_suite(path)
 
 
-def test_a_table_version_already_validated_is_not_validated_again(small_settings):
-    ingest_documents(small_settings, "ingest")
-    suite = load_suite(suite_path("policy_documents"))
-    first = validate_table(small_settings, POLICY_DOCUMENTS, suite)
-    assert not first.reused and first.validation.success and first.rows == 5
-    again = validate_table(small_settings, POLICY_DOCUMENTS, suite)
-    assert again.reused and again.validation == first.validation
-    assert again.table_version == first.table_version
-    stricter = {**suite, "expectations": suite["expectations"][:1]}
-    assert not validate_table(small_settings, POLICY_DOCUMENTS, stricter).reused
-    path = small_settings.policies / "hr" / "annual-leave.md"
-    path.write_text(path.read_text() + "\nA new rule.\n")
-    ingest_documents(small_settings, "edit")
-    moved = validate_table(small_settings, POLICY_DOCUMENTS, suite)
-    assert not moved.reused and moved.table_version == first.table_version + 1
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, embedder):
+    """The small corpus refreshed end to end, with one file that cannot be ingested."""
+    root = tmp_path_factory.mktemp("built")
+    shutil.copytree(BUNDLED, root / "policies")
+    keep_only(root / "policies", SMALL)
+    (root / "policies" / "retail" / "broken.pdf").write_bytes(b"%PDF-1.4 cut short")
+    settings = Settings.load(home=root / "home", policies=root / "policies", golden=BUNDLED_GOLDEN)
+    refresh(settings, embedder, "build")
+    return settings
+
+
+def test_every_table_of_a_real_refresh_passes_its_suite(built, embedder):
+    parameters = suite_parameters(embedder.model_id, embedder.dimensions)
+    for name in SUITE_NAMES:
+        frame = table_rows(built, name)
+        assert frame.height > 0, name
+        result = validate(frame, load_suite(suite_path(name)), ROW_KEYS[name], parameters)
+        assert result.success, (name, result.failures)
+
+
+PLANTED = "jane.doe@example.com"
+BAD_ROWS = [  # table, the key column given a new value, the column made bad, its bad value
+    ("policy_documents", "doc_id", "classification", PLANTED),
+    ("ingest_errors", "path", "reason", None),
+    ("policy_chunks", "chunk_id", "token_count", 0),
+    ("eval_case_results", "case_id", "status", PLANTED),
+    (VECTORS, "chunk_id", "norm", 2.0),
+    (VECTORS, "chunk_id", "finite", False),
+    (VECTORS, "chunk_id", "model_id", "another-model@384"),
+    (VECTORS, "chunk_id", "dimensions", 383),
+]
+
+
+@pytest.mark.parametrize(("table", "key", "column", "value"), BAD_ROWS)
+def test_each_suite_fails_on_a_planted_bad_row_and_names_it(
+    built, embedder, table, key, column, value
+):
+    frame = table_rows(built, table)
+    planted = frame.head(1).with_columns(
+        pl.lit("planted", frame.schema[key]).alias(key),
+        pl.lit(value, frame.schema[column]).alias(column),
+    )
+    parameters = suite_parameters(embedder.model_id, embedder.dimensions)
+    result = validate(
+        pl.concat([frame, planted]), load_suite(suite_path(table)), ROW_KEYS[table], parameters
+    )
+    assert not result.success and result.failing_rows == 1
+    [failure] = [f for f in result.failures if f["column"] == column]
+    assert failure["rows"] == [{k: planted[k][0] for k in ROW_KEYS[table]}]
+    assert PLANTED not in json.dumps(result.failures)

@@ -1,4 +1,7 @@
-"""The gate in the asset graph: a blocked candidate skips publication, the release stays."""
+"""The gate in the asset graph: a blocked candidate is not published, the release stays, and
+the owners' reports are still built."""
+
+from pathlib import Path
 
 import dagster as dg
 
@@ -8,7 +11,9 @@ from ragfresh.releases import release_status
 from tests.test_evaluation import write_golden
 
 
-def test_a_failed_release_gate_skips_publication(small_settings, tmp_path, monkeypatch):
+def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_reports(
+    small_settings, tmp_path, monkeypatch
+):
     monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
     instance = dg.DagsterInstance.ephemeral()
     job = defs.resolve_job_def("refresh_policies")
@@ -22,8 +27,13 @@ def test_a_failed_release_gate_skips_publication(small_settings, tmp_path, monke
     assert not gate.passed
     blocking = gate.metadata["blocking_cases"].value
     assert blocking[0].startswith("dispute-pan (high risk)")
-    ran = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
-    assert "regression_eval" in ran and "served_index" not in ran
+    ran = {
+        e.asset_key.to_user_string(): e.event_specific_data.materialization.metadata
+        for e in result.get_asset_materialization_events()
+    }
+    assert not ran["served_index"]["published"].value
+    assert ran["served_index"]["message"].value.endswith(f"release {served} keeps serving")
+    assert Path(ran["quality_reports"]["index"].value).exists()
     status = release_status(Settings.load())
     assert status["published"]["release"] == served
     assert status["waiting"]["why"] == "blocked by the evaluation"

@@ -25,15 +25,21 @@ def run_job(instance):
 
 ALL_PASS = {
     "policy_documents:expectations": True,
+    "ingest_errors:expectations": True,
     "policy_chunks:chunks_current": True,
     "policy_chunks:expectations": True,
+    "policy_chunks:documents_held": True,
+    "policy_vectors:expectations": True,
     "policy_vectors:vectors_reconcile": True,
+    "regression_eval:eval_case_results_expectations": True,
     "regression_eval:release_gate": True,
     "document_freshness:freshness_objective": True,
 }
 
 
-def test_refresh_job_builds_then_noops_with_reconciliation_passing(small_settings, embedder):
+def test_refresh_job_builds_noops_and_holds_back_only_the_failing_document(
+    small_settings, embedder
+):
     instance = dg.DagsterInstance.ephemeral()
     first, checks = run_job(instance)
     assert checks == ALL_PASS
@@ -52,19 +58,41 @@ def test_refresh_job_builds_then_noops_with_reconciliation_passing(small_setting
     assert second["policy_chunks"]["documents_rechunked"] == 0
     assert second["regression_eval"]["reused"] and not second["served_index"]["published"]
 
+    # One document fails an expectation: it is held back, warned, and the other edit is served
+    for doc_id, line in (
+        ("hr/annual-leave.md", "Carry-over requests go to \ufffd\ufffd by 31 March."),
+        ("retail/overdraft-fees.md", "From 1 March the daily overdraft fee is 3 pounds."),
+    ):
+        path = small_settings.policies / doc_id
+        path.write_text(path.read_text() + f"\n{line}\n")
+    metadata, checks = run_job(instance)
+    assert checks == ALL_PASS | {"policy_chunks:documents_held": False}
+    assert metadata["policy_chunks"]["held"] == 1
+    assert metadata["policy_chunks"]["documents_rechunked"] == 1
+    assert metadata["policy_vectors"]["embedded"] > 0 and metadata["served_index"]["published"]
 
-def test_a_failing_expectation_suite_blocks_chunking(small_settings, embedder):
+
+def test_a_table_wide_fault_blocks_chunking(small_settings, embedder):
     instance = dg.DagsterInstance.ephemeral()
     run_job(instance)
     bad = pl.read_delta(small_settings.table_uri("policy_documents")).head(1)
-    write_deltalake(
+    write_deltalake(  # another writer's schema: a column the suite does not know
         small_settings.table_uri("policy_documents"),
-        bad.with_columns(classification=pl.lit("secret")).to_arrow(),
+        bad.with_columns(reviewer=pl.lit("someone")).to_arrow(),
         mode="append",
+        schema_mode="merge",
     )
     job = defs.resolve_job_def("refresh_policies")
     result = job.execute_in_process(instance=instance, raise_on_error=False)
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {"expectations": False}
+    checks = {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e
+        for e in result.get_asset_check_evaluations()
+    }
+    assert {k: c.passed for k, c in checks.items()} == {
+        "policy_documents:expectations": False,
+        "ingest_errors:expectations": True,
+    }
+    fault = checks["policy_documents:expectations"].description
+    assert "table-wide expectations failed: expect_table_columns_to_match_set" in fault
     ran = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert ran == {"policy_documents", "ingest_errors"}

@@ -36,17 +36,18 @@ def test_an_upstream_failed_blocking_check_holds_downstream_assets(small_setting
     _, eager = requested(EAGER, instance)
 
     uri = small_settings.table_uri("policy_documents")
-    bad = pl.read_delta(uri).head(1).with_columns(classification=pl.lit("secret"))
-    write_deltalake(uri, bad.to_arrow(), mode="append")
+    bad = pl.read_delta(uri).head(1).with_columns(reviewer=pl.lit("someone"))
+    write_deltalake(uri, bad.to_arrow(), mode="append", schema_mode="merge")  # a wrong schema
     documents = dg.AssetSelection.assets("policy_documents", "ingest_errors")
     run = job.execute_in_process(
         instance=instance,
         asset_selection=list(documents.resolve(defs.resolve_asset_graph())),
         raise_on_error=False,
     )
-    assert {e.check_name: e.passed for e in run.get_asset_check_evaluations()} == {
-        "expectations": False
-    }
+    assert {
+        f"{e.asset_key.to_user_string()}:{e.check_name}": e.passed
+        for e in run.get_asset_check_evaluations()
+    } == {"policy_documents:expectations": False, "ingest_errors:expectations": True}
 
     assert "policy_chunks" not in requested(defs, instance, ours)[0]
     assert "policy_chunks" in requested(EAGER, instance, eager)[0]  # would chunk the bad rows

@@ -1,0 +1,47 @@
+"""Reporting stage: one static HTML quality report per data owner, and an index of owners."""
+
+import dagster as dg
+import polars as pl
+
+from assets.metadata import markdown_table
+from orchestration.automation import FOLLOWS_UPSTREAM
+from orchestration.resources import EmbedderResource, RagfreshResource
+from ragfresh.reports import build_reports
+from ragfresh.tables import EVAL_RUNS
+
+
+@dg.asset(
+    deps=["regression_eval"],
+    group_name="reporting",
+    owners=[EVAL_RUNS.owner],
+    kinds={"html"},
+    tags={"pii": "redacted", "layer": "quality"},
+    automation_condition=FOLLOWS_UPSTREAM,
+)
+def quality_reports(
+    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+):
+    """Write one HTML page per data owner about their own documents (held back, late, badly
+    embedded, evaluation cases that fail or moved, PII types found) and an index of owners,
+    under `<home>/reports`. No document text or PII value is written."""
+    settings = ragfresh.settings()
+    reports = build_reports(settings, embedder.embedder().model_id)
+    owners = pl.DataFrame(
+        [
+            {"owner": r.owner, "report": str(r.path), "documents": r.documents, **r.needs_action}
+            for r in reports.owners
+        ]
+    )
+    context.log.info("quality_reports: %d pages under %s", len(reports.owners), reports.directory)
+    return dg.MaterializeResult(
+        metadata={
+            "index": dg.MetadataValue.path(str(reports.index)),
+            **{f"report/{r.slug}": dg.MetadataValue.path(str(r.path)) for r in reports.owners},
+            "owners": markdown_table(owners, limit=200),
+            "owners_needing_action": sum(1 for r in reports.owners if r.total),
+            "data_docs": dg.MetadataValue.path(str(reports.data_docs))
+            if reports.data_docs
+            else "not built",
+            "dagster/uri": str(reports.directory),
+        }
+    )
