@@ -101,9 +101,17 @@ def _refresh(settings: Settings) -> dict[str, Any]:
         | {"rows": vectors.get("dagster/row_count"), "index_version": vectors.get("table_version")},
         "eval": materialized.get("regression_eval", {}).get("summary"),
         "release": _release_summary(settings, materialized.get("served_index")),
+        "reports": _reports_summary(materialized.get("quality_reports")),
         "checks": materialized["checks"],
     }
     return summary
+
+
+def _reports_summary(reports: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Where the owners' reports are and how many owners have something to act on."""
+    if not reports:
+        return None
+    return {"index": reports["index"], "owners_needing_action": reports["owners_needing_action"]}
 
 
 def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
@@ -132,6 +140,10 @@ def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
     _print_eval(summary["eval"])
     release = summary["release"]
     print(f"  release: {release['message']}")
+    if summary.get("reports"):
+        reports = summary["reports"]
+        print(f"  reports: {reports['index']} ({reports['owners_needing_action']} owners with "
+              "something to act on)")  # fmt: skip
     _print_freshness(summary["freshness"])
     checks_from = f" (from run {since})" if since else ""
     for check, outcome in summary["checks"].items():

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -207,3 +210,17 @@ def screenshots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     (`<basetemp>/screenshots-<test name>N/`); every browser test saves at least one."""
     name = "".join(c if c.isalnum() or c in "-_" else "_" for c in request.node.name)[:40]
     return tmp_path_factory.mktemp(f"screenshots-{name}")
+
+
+def load_benchmark() -> ModuleType:
+    """`benchmarks/edit_to_served.py` as a module: its dev-server and GraphQL helpers."""
+    if "edit_to_served" in sys.modules:
+        return sys.modules["edit_to_served"]
+    spec = importlib.util.spec_from_file_location(
+        "edit_to_served", REPO / "benchmarks" / "edit_to_served.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module

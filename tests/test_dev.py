@@ -8,25 +8,11 @@ a page and waits until both `ragfresh search` and the service serve the edit, th
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, load_benchmark
 
-BENCHMARK = REPO / "benchmarks" / "edit_to_served.py"
 EDIT_TO_SERVED_BOUND_SECONDS = 240
-
-
-def load_benchmark() -> ModuleType:
-    """The benchmark script as a module."""
-    spec = importlib.util.spec_from_file_location("edit_to_served", BENCHMARK)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_slow_a_saved_edit_is_served_by_a_sensor_run_with_nothing_clicked(tmp_path: Path):

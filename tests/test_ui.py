@@ -16,13 +16,11 @@ time) and then refreshes what that build made. Either way the clicked run has to
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,12 +31,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, load_benchmark
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
-BENCHMARK = REPO / "benchmarks" / "edit_to_served.py"
 STARTUP_TIMEOUT_SECONDS = 180
 RUN_TIMEOUT_SECONDS = 300  # a full build of the bundled corpus takes about a minute here
 SENSOR_RUN_TIMEOUT_SECONDS = 240  # the sensor waits for runs in flight before it requests one
@@ -56,18 +53,6 @@ query Sensors($selector: RepositorySelector!) {
     ... on PythonError { message }
   }
 }"""
-
-
-def load_benchmark() -> ModuleType:
-    """`benchmarks/edit_to_served.py` as a module: its dev-server and GraphQL helpers."""
-    if "edit_to_served" in sys.modules:
-        return sys.modules["edit_to_served"]
-    spec = importlib.util.spec_from_file_location("edit_to_served", BENCHMARK)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
 
 
 def code_location() -> tuple[list[str], list[str]]:
