@@ -9,7 +9,7 @@ from orchestration.resources import EmbedderResource, RagfreshResource
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
 from ragfresh.documents import read_documents
-from ragfresh.holds import read_holds
+from ragfresh.holds import describe_hold, read_holds
 from ragfresh.tables import POLICY_CHUNKS
 
 HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "reasons"]
@@ -83,7 +83,5 @@ def _held(held: pl.DataFrame) -> str | None:
     if held.is_empty():
         return None
     return f"{held.height} held back: " + "; ".join(
-        f"{h['doc_id']} v{h['doc_version']} ({', '.join(h['owners']) or 'unowned'}, serving "
-        f"v{h['served_version']}): {'; '.join(h['reasons'])}"
-        for h in held.head(10).iter_rows(named=True)
+        describe_hold(h) for h in held.head(10).iter_rows(named=True)
     )

@@ -20,7 +20,7 @@ from ragfresh.embedding import Embedder
 from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
 from ragfresh.freshness import freshness_summary
 from ragfresh.golden import load_golden
-from ragfresh.holds import held_summary
+from ragfresh.holds import describe_hold, held_summary
 
 # Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
 # refresh with nothing to do should not wait for them.
@@ -134,9 +134,7 @@ def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
     for reason in summary["owners_file_errors"]:
         print(f"  {reason} (owners and classification kept as they were)")
     for held in summary["held"]:
-        print(f"  HELD BACK: {held['doc_id']} v{held['doc_version']} (owners "
-              f"{', '.join(held['owners']) or '(unowned)'}) serving v{held['served_version']}: "
-              f"{'; '.join(held['reasons'])}")  # fmt: skip
+        print(f"  HELD BACK: {describe_hold(held)}")
     _print_eval(summary["eval"])
     release = summary["release"]
     print(f"  release: {release['message']}")

@@ -126,3 +126,14 @@ def held_summary(settings: Settings) -> list[dict[str, Any]]:
     """The documents held back now: version held, version served, owners and why."""
     held = read_holds(settings).sort("doc_id")
     return held.select("doc_id", "doc_version", "served_version", "owners", "reasons").to_dicts()
+
+
+def describe_hold(held: dict[str, Any]) -> str:
+    """One line for a person: the document, its owners, what still serves and why."""
+    served = held["served_version"]
+    serving = f"serving v{served}" if served is not None else "never served"
+    owners = ", ".join(held["owners"]) or "(unowned)"
+    return (
+        f"{held['doc_id']} v{held['doc_version']} (owners {owners}), {serving}: "
+        f"{'; '.join(held['reasons'])}"
+    )

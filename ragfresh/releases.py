@@ -130,7 +130,8 @@ def publish_candidate(settings: Settings, actor: str) -> PublishResult:
         if verdict not in SERVABLE:
             return PublishResult(
                 False, served, candidate, verdict,
-                f"candidate {candidate} blocked; release {served} keeps serving",
+                f"candidate {candidate} blocked; "
+                + (f"release {served} keeps serving" if served is not None else "nothing served"),
             )  # fmt: skip
         if candidate in rolled_back_from(settings):
             return PublishResult(

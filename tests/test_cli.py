@@ -151,21 +151,22 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
 
 
 def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
-    assert ragfresh(small_settings, "run").returncode == 0
     leave = small_settings.policies / "hr" / "annual-leave.md"
     leave.write_text(leave.read_text() + "\nCarry-over requests go to \ufffd\ufffd.\n")
-    held = ragfresh(small_settings, "run")
+    ungated = {"RAGFRESH_GOLDEN_CASES": "none"}  # its cases would fail: it was never served
+    held = ragfresh(small_settings, "run", **ungated)
     assert held.returncode == 0, held.stderr
     assert (
-        "HELD BACK: hr/annual-leave.md v2 (owners hr-policies@northwind-bank.com) serving v1: "
-        "policy_documents: expect_column_values_to_not_match_regex on text (1 row)"
+        "HELD BACK: hr/annual-leave.md v1 (owners hr-policies@northwind-bank.com), never "
+        "served: policy_documents: expect_column_values_to_not_match_regex on text (1 row)"
     ) in held.stdout
+    assert "documents_rechunked 4" in held.stdout
     assert "check policy_chunks:documents_held: WARNED (nothing blocked)" in held.stdout
 
     uri = small_settings.table_uri("policy_documents")
     bad = pl.read_delta(uri).head(1).with_columns(reviewer=pl.lit("someone"))
     write_deltalake(uri, bad.to_arrow(), mode="append", schema_mode="merge")
-    done = ragfresh(small_settings, "run", "--json")
+    done = ragfresh(small_settings, "run", "--json", **ungated)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)
     assert summary["checks"] == {

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, load_benchmark
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load_benchmark
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -91,12 +91,13 @@ class Dev:
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Dev]:
-    """`ragfresh dev` on an empty temporary home and a copy of the bundled policies, the
+    """`ragfresh dev` on an empty temporary home and five of the bundled policies, the
     webserver on a free port of 127.0.0.1; stopped by its process group at the end."""
     bench = load_benchmark()
     work = tmp_path_factory.mktemp("ui")
     policies = work / "policies"
     shutil.copytree(BUNDLED, policies)
+    keep_only(policies, SMALL)  # five policies: the sensor's first build is quick
     env = bench.pipeline_env(work / "home", policies, BUNDLED_GOLDEN) | {
         "RAGFRESH_MODEL_CACHE": str(model_cache),
         "RAGFRESH_SENSOR_INTERVAL": str(bench.SENSOR_INTERVAL_SECONDS),
