@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ from ragfresh.embedding import Embedder
 from ragfresh.parsing import HEADING
 from ragfresh.pii import PiiSpan, detect_pii, redact, to_original_offset
 
-CHUNKER_VERSION = "2"
+CHUNKER_VERSION = "3"
+PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")  # what `ragfresh.pii.redact` writes
 HEADER_TOKENS = 48  # the most a chunk's context header (title, headings) may take of the limit
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
 
@@ -97,7 +99,8 @@ class Chunker:
             )
         measure = measure or (lambda _, piece: self.count_tokens(piece))
         pieces: list[tuple[int, str, int]] = []
-        for start, piece in self._splitters[capacity].chunk_indices(text):
+        for start, atomic in self._splitters[capacity].chunk_indices(_placeholders_whole(text)):
+            piece = text[start : start + len(atomic)]
             tokens = measure(start, piece)
             if tokens <= self.max_tokens:
                 pieces.append((start, piece, tokens))
@@ -166,6 +169,13 @@ class Chunker:
                 )
             )
         return chunks
+
+
+def _placeholders_whole(text: str) -> str:
+    """The text as the splitter sees it: each `<TYPE>` placeholder turned into one word of
+    the same length (`_TYPE_`), since `<` is a word of its own and a boundary could fall after
+    it; offsets are unchanged, so pieces are cut from the real text."""
+    return PLACEHOLDER.sub(lambda m: f"_{m.group(1)}_", text)
 
 
 def _shifted(measure: Callable[[int, str], int], offset: int, start: int, piece: str) -> int:

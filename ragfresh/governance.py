@@ -42,13 +42,15 @@ class Governance:
 
 def _check_owner(owner: str, where: str) -> str:
     if not _OWNER.match(owner):
-        raise ParseError(f"{where}: invalid owner {owner!r} (expected team:<name> or an email)")
+        # The value is not repeated: a reason reaches tables, logs and the CLI, and a person's
+        # name in the wrong field is PII.
+        raise ParseError(f"{where}: invalid owner (expected team:<name> or an email)")
     return owner
 
 
 def _check_classification(value: str, where: str) -> str:
     if value not in CLASSIFICATIONS:
-        raise ParseError(f"{where}: unknown classification {value!r} (one of {CLASSIFICATIONS})")
+        raise ParseError(f"{where}: unknown classification (one of {CLASSIFICATIONS})")
     return value
 
 

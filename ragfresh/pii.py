@@ -17,7 +17,7 @@ PHONE_REGIONS = ("US", "GB")
 # Presidio's confidence floor: bare 9-digit SSN-like patterns score 0.05 and need context words
 # ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
 SCORE_THRESHOLD = 0.3
-RECOGNIZERS_VERSION = "1"
+RECOGNIZERS_VERSION = "2"  # bumped when recognizers or how spans combine change: all rescanned
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,22 @@ def detector_id() -> str:
 
 
 def detect_pii(text: str) -> list[PiiSpan]:
-    """PII spans in text order; where two overlap, the one that starts first (then the longer)
-    is kept, so a placeholder never cuts another one in half."""
+    """PII spans in text order, overlapping ones merged (see `merge_spans`)."""
     results = _analyzer().analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
-    spans: list[PiiSpan] = []
-    for r in sorted(results, key=lambda r: (r.start, -(r.end - r.start))):
-        if spans and r.start < spans[-1].end:
-            continue
-        spans.append(PiiSpan(r.entity_type, r.start, r.end))
-    return spans
+    return merge_spans([PiiSpan(r.entity_type, r.start, r.end) for r in results])
+
+
+def merge_spans(spans: list[PiiSpan]) -> list[PiiSpan]:
+    """Spans in text order where overlapping ones become one covering both, typed by the one
+    that starts first (then the longer): no placeholder cuts another, no tail stays raw."""
+    merged: list[PiiSpan] = []
+    for span in sorted(spans, key=lambda s: (s.start, -(s.end - s.start))):
+        if merged and span.start < merged[-1].end:
+            last = merged[-1]
+            merged[-1] = PiiSpan(last.entity_type, last.start, max(last.end, span.end))
+        else:
+            merged.append(span)
+    return merged
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ import pytest
 
 from ragfresh.chunking import Chunker
 from ragfresh.parsing import parse_document
-from ragfresh.pii import detect_pii
+from ragfresh.pii import PiiSpan, detect_pii
 from tests.conftest import BUNDLED, HANDBOOK
 
 
@@ -112,3 +112,18 @@ def test_a_long_heading_path_is_clipped_and_chunks_still_fit(chunker):
     chunks = chunker.chunk("long.md", text, [], "redact", "Title")
     assert all(c.token_count <= chunker.max_tokens for c in chunks)
     assert all(chunker.count_tokens(c.embed_text) == c.token_count for c in chunks)
+
+
+def test_a_placeholder_is_never_cut_in_two(embedder):
+    """Splitting falls back to words, and `<` is a word of its own: a boundary used to land
+    between `Mail <` and `EMAIL_ADDRESS> now`."""
+    bare = Chunker(embedder.tokenizer(), embedder.max_tokens, embedder.model_id, context=False)
+    for words in range(195, 215):  # moves the email across where a chunk must end
+        text = "alpha " * words + "Mail a.b@example.com now please " + "beta " * 300
+        start = text.index("a.b@")
+        spans = [PiiSpan("EMAIL_ADDRESS", start, start + len("a.b@example.com"))]
+        chunks = bare.chunk("d.md", text, spans, "redact")
+        pieces = [c.text for c in chunks]
+        assert sum(p.count("<EMAIL_ADDRESS>") for p in pieces) == 1, (words, pieces)
+        assert all(p.count("EMAIL_ADDRESS") == p.count("<EMAIL_ADDRESS>") for p in pieces)
+        assert all(c.token_count <= embedder.max_tokens for c in chunks)

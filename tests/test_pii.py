@@ -1,6 +1,6 @@
 import pytest
 
-from ragfresh.pii import detect_pii, redact, to_original_offset
+from ragfresh.pii import PiiSpan, detect_pii, merge_spans, redact, to_original_offset
 
 TEXT = (
     "Write to maria.okafor@northwind-bank.com or call (212) 555-0187. "
@@ -42,3 +42,15 @@ def test_redaction_uses_typed_placeholders_and_maps_offsets_back():
     assert to_original_offset(redacted.index(" now"), replacements) == text.index(" now")
     assert to_original_offset(redacted.index("<"), replacements) == text.index("a.b")
     assert to_original_offset(len(redacted), replacements) == len(text)
+
+
+def test_overlapping_spans_merge_so_no_tail_stays_unredacted():
+    text = "Write to maria.okafor@example.com today"
+    email = PiiSpan("EMAIL_ADDRESS", 9, 33)
+    url = PiiSpan("URL", 22, 39)  # overlaps the email's tail and runs past it
+    inside = PiiSpan("PERSON", 9, 14)
+    merged = merge_spans([url, inside, email])
+    assert merged == [PiiSpan("EMAIL_ADDRESS", 9, 39)]
+    assert redact(text, merged)[0] == "Write to <EMAIL_ADDRESS>"
+    apart = [PiiSpan("PERSON", 0, 5), PiiSpan("PERSON", 5, 9)]  # touching is not overlapping
+    assert merge_spans(apart) == apart
