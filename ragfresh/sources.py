@@ -15,6 +15,8 @@ from ragfresh.errors import PoliciesNotFoundError
 OWNERS_FILE = "OWNERS"
 NOT_REGULAR = "not a regular file (broken link, pipe or device)"
 NESTED_OWNERS = "nested OWNERS files are not read: put rules in the root one"
+LEAVES_ROOT = "a link that leaves the policies folder: refused"
+LINKED_FOLDER = "a linked folder: its files are not read (move the folder in, or link each file)"
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,17 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _link_problem(link: Path, root: Path) -> str | None:
+    """Why a symbolic link is not read, or None: a link to a file inside the root is."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # broken, or a loop
+        return NOT_REGULAR
+    if target.is_dir():
+        return LINKED_FOLDER
+    return None if target.is_relative_to(root.resolve()) else LEAVES_ROOT
+
+
 def tree_state(root: Path, known: Mapping[str, Stamp] | None = None) -> TreeState:
     """Stat every file below root; hash only those whose size or mtime differ from `known`.
     Hidden paths below the root are skipped."""
@@ -94,6 +107,10 @@ def tree_state(root: Path, known: Mapping[str, Stamp] | None = None) -> TreeStat
         if any(part.startswith(".") for part in relative.parts):
             continue
         doc_id = relative.as_posix()
+        refused = _link_problem(path, root) if path.is_symlink() else None
+        if refused:
+            problems[doc_id] = refused
+            continue
         try:
             stat = path.stat()
         except OSError:

@@ -6,7 +6,14 @@ import time
 import pytest
 
 from ragfresh.errors import PoliciesNotFoundError
-from ragfresh.sources import TreeState, scan_sources, tree_state, wait_until_quiet
+from ragfresh.sources import (
+    LEAVES_ROOT,
+    LINKED_FOLDER,
+    TreeState,
+    scan_sources,
+    tree_state,
+    wait_until_quiet,
+)
 
 
 def test_scan_hashes_files_and_skips_hidden_and_owners(tmp_path):
@@ -35,6 +42,25 @@ def test_odd_files_are_reported_not_raised(tmp_path):
     assert reasons["loop.md"].startswith("not a regular file")
     assert reasons["pipe.md"].startswith("not a regular file")
     assert reasons["hr/OWNERS"].startswith("nested OWNERS files are not read")
+
+
+def test_links_that_leave_the_root_are_refused_and_linked_folders_reported(tmp_path):
+    root, outside = tmp_path / "policies", tmp_path / "outside"
+    (root / "hr").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "passwd.txt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (root / "hr" / "leave.md").write_text("# Leave")
+    (root / "passwd.txt").symlink_to(outside / "passwd.txt")
+    (root / "escape.md").symlink_to(root / ".." / "outside" / "passwd.txt")
+    (root / "leave-again.md").symlink_to(root / "hr" / "leave.md")  # inside: read as usual
+    (root / "shared").symlink_to(outside, target_is_directory=True)
+    files, errors, _ = scan_sources(root)
+    assert [f.doc_id for f in files] == ["hr/leave.md", "leave-again.md"]
+    assert dict(errors) == {
+        "escape.md": LEAVES_ROOT,
+        "passwd.txt": LEAVES_ROOT,
+        "shared": LINKED_FOLDER,
+    }
 
 
 def test_a_root_below_a_hidden_folder_is_scanned(tmp_path):
