@@ -54,16 +54,29 @@ class SyncResult:
         return self.embedded / self.embed_seconds if self.embed_seconds else 0.0
 
 
+# Declared on `chunk_id` when the table is created: a second writer merging the same new key
+# retries instead of writing a duplicate row (the file lock guards one machine only).
+PRIMARY_KEY = {b"lance-schema:unenforced-primary-key": b"true"}
+
+
 def vector_schema(dimensions: int) -> pa.Schema:
-    """Chunk metadata as in `policy_chunks`, plus the model stamp and the vector."""
-    return pa.schema(
-        [POLICY_CHUNKS.schema.field(name).remove_metadata() for name in METADATA]
-        + [
-            pa.field("model_id", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dimensions)),
-            pa.field("embedded_at", TS),
-        ]
-    )
+    """Chunk metadata as in `policy_chunks` (`chunk_id` the table's primary key), plus the
+    model stamp and the vector."""
+    chunk_id, *rest = [POLICY_CHUNKS.schema.field(name).remove_metadata() for name in METADATA]
+    return pa.schema([
+        chunk_id.with_nullable(False).with_metadata(PRIMARY_KEY),
+        *rest,
+        pa.field("model_id", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), dimensions)),
+        pa.field("embedded_at", TS),
+    ])  # fmt: skip
+
+
+def _same_columns(schema: pa.Schema) -> bool:
+    """The table has ragfresh's columns and `chunk_id` as its primary key (a table made by an
+    older ragfresh lacks the key, and a nullable column cannot take one: it is rewritten)."""
+    expected = vector_schema(1)
+    return schema.names == expected.names and schema.field("chunk_id").metadata == PRIMARY_KEY
 
 
 def open_vectors(settings: Settings, version: int | None = None) -> lancedb.table.Table | None:
@@ -178,7 +191,7 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
     model_changed = existing.height > 0 and (existing["model_id"] != model_id).all()
     if model_changed:
         log.warning("model changed to %s: every chunk is re-embedded", model_id)
-    schema_changed = table is not None and table.schema.names != vector_schema(1).names
+    schema_changed = table is not None and not _same_columns(table.schema)
     if schema_changed:
         log.warning("the vector table's columns changed: it is rewritten in one version")
     rewrite = model_changed or schema_changed  # the rows replace the table whole

@@ -314,3 +314,25 @@ def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
     assert held["reasons"] == ["chunking raised RuntimeError"]  # never the message: it may quote
     after = read_chunks(small_settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
     assert after["chunk_id"].to_list() == before["chunk_id"].to_list()
+
+
+def test_chunk_id_is_the_primary_key_and_an_older_table_is_given_it(small_settings, embedder):
+    from ragfresh.chunks import refresh_chunks
+    from ragfresh.documents import ingest_documents
+    from ragfresh.vectors import PRIMARY_KEY, sync_vectors, vectors_dataset
+
+    ingest_documents(small_settings, "ingest")
+    refresh_chunks(small_settings, Chunker.for_model(embedder), "chunk")
+    hashed = HashEmbedder()  # bookkeeping only: which rows are written, not what they mean
+    rows = sync_vectors(small_settings, hashed).rows
+    assert vectors_dataset(small_settings).schema.field("chunk_id").metadata == PRIMARY_KEY
+
+    old = open_vectors(small_settings).to_arrow()  # as an older ragfresh made it: no key
+    unkeyed = pa.schema([f.remove_metadata().with_nullable(True) for f in old.schema])
+    lancedb.connect(small_settings.vectors_uri).create_table(
+        VECTORS, data=old.cast(unkeyed), mode="overwrite"
+    )
+    again = sync_vectors(small_settings, hashed)
+    assert (again.embedded, again.reused, again.rows) == (0, rows, rows)
+    assert vectors_dataset(small_settings).schema.field("chunk_id").metadata == PRIMARY_KEY
+    assert reconcile(small_settings, hashed.model_id) == ZERO
