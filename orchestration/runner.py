@@ -54,6 +54,7 @@ def export_settings(settings: Settings) -> None:
     os.environ["RAGFRESH_HOME"] = str(settings.home)
     os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
     os.environ["RAGFRESH_GOLDEN_CASES"] = str(settings.golden_cases or "none")
+    os.environ["RAGFRESH_ALLOW_MASS_DELETE"] = "1" if settings.allow_mass_delete else "0"
 
 
 def _value(entry: Any) -> Any:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
     if not settings.policies.is_dir():  # say so before a Dagster run fails on it
         raise PoliciesNotFoundError(f"policies folder not found: {settings.policies}")
+    if args.allow_mass_delete:
+        settings = replace(settings, allow_mass_delete=True)
     if settings.golden_cases:
         load_golden(settings.golden_cases)  # a malformed file is named before the run starts
     model_id = Embedder().model_id
@@ -443,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--golden", help=GOLDEN_HELP)
     run.add_argument(
         "--force", action="store_true", help="start a run even when nothing changed since the last"
+    )
+    run.add_argument(
+        "--allow-mass-delete",
+        action="store_true",
+        help="remove documents even when more than RAGFRESH_MAX_REMOVED_SHARE of them are gone",
     )
     run.set_defaults(handler=_run)
     evaluation = commands.add_parser(

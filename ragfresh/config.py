@@ -49,6 +49,7 @@ def _fraction_setting(name: str, default: float) -> float:
     return value
 
 
+TRUE = ("1", "true", "yes")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -111,6 +112,8 @@ class Settings:
     source_quiet_seconds: float = 2.0
     model_cache_dir: Path | None = None
     max_held_share: float = 0.25
+    max_removed_share: float = 0.25
+    allow_mass_delete: bool = False
 
     @property
     def dagster_home(self) -> Path:
@@ -174,6 +177,8 @@ class Settings:
                 "RAGFRESH_SOURCE_QUIET", env.get("RAGFRESH_SOURCE_QUIET", "2s")
             ),
             max_held_share=_fraction_setting("RAGFRESH_MAX_HELD_SHARE", 0.25),
+            max_removed_share=_fraction_setting("RAGFRESH_MAX_REMOVED_SHARE", 0.25),
+            allow_mass_delete=env.get("RAGFRESH_ALLOW_MASS_DELETE", "").lower() in TRUE,
             model_cache_dir=Path(env["RAGFRESH_MODEL_CACHE"]).resolve()
             if env.get("RAGFRESH_MODEL_CACHE")
             else None,

@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 INGESTED_TREE = "ingested_tree"
 
 
+class MassRemovalError(RagfreshError):
+    """A refresh would remove more than `RAGFRESH_MAX_REMOVED_SHARE` of the live documents."""
+
+
 class EmptyPoliciesError(RagfreshError):
     """The policies folder is empty while the table still has live documents."""
 
@@ -202,6 +206,14 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
                 "pii_spans": [],
                 "run_id": run_id,
             }
+        )
+    limit = settings.max_removed_share * live_count
+    if counts["deleted"] > limit and not settings.allow_mass_delete:
+        raise MassRemovalError(
+            f"{counts['deleted']} of {live_count} live documents would be removed, more than "
+            f"RAGFRESH_MAX_REMOVED_SHARE={settings.max_removed_share:g} of them (a half-synced "
+            "or unmounted folder?): nothing was removed. To confirm, run `ragfresh run "
+            "--allow-mass-delete` (or set RAGFRESH_ALLOW_MASS_DELETE=1 for one run)."
         )
     new_versions = pl.DataFrame(new_rows, schema=empty_frame(POLICY_DOCUMENTS).schema)
     # The clock starts before the versions are written: a run killed in between writes the

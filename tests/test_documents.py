@@ -1,9 +1,17 @@
+import shutil
+
 import polars as pl
 import pytest
 from deltalake import DeltaTable
 
 from ragfresh import documents
-from ragfresh.documents import EmptyPoliciesError, ingest_documents, read_documents
+from ragfresh.config import Settings
+from ragfresh.documents import (
+    EmptyPoliciesError,
+    MassRemovalError,
+    ingest_documents,
+    read_documents,
+)
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 from tests.conftest import HANDBOOK
 
@@ -129,6 +137,19 @@ def test_empty_policies_folder_refuses_to_tombstone_everything(settings, corpus)
     with pytest.raises(EmptyPoliciesError, match="refusing to tombstone all 22 documents"):
         ingest_documents(settings, run_id="r2")
     assert read_documents(settings).height == 22
+
+
+def test_removing_more_than_a_quarter_of_live_documents_stops_until_confirmed(
+    settings, corpus, monkeypatch
+):
+    ingest_documents(settings, run_id="r1")
+    shutil.rmtree(corpus / "hr")  # 6 of 22: a half-synced or unmounted folder looks the same
+    with pytest.raises(MassRemovalError, match="6 of 22 live documents would be removed"):
+        ingest_documents(settings, run_id="r2")
+    assert read_documents(settings).height == 22  # nothing removed
+    monkeypatch.setenv("RAGFRESH_ALLOW_MASS_DELETE", "1")
+    confirmed = ingest_documents(Settings.load(), run_id="r3")
+    assert confirmed.deleted == 6 and read_documents(settings).height == 16
 
 
 def test_a_new_pii_detector_rescans_stored_documents(settings, monkeypatch):
