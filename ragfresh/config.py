@@ -113,6 +113,7 @@ class Settings:
     model_cache_dir: Path | None = None
     max_held_share: float = 0.25
     max_removed_share: float = 0.25
+    max_file_bytes: int = 50_000_000
     allow_mass_delete: bool = False
 
     @property
@@ -178,6 +179,9 @@ class Settings:
             ),
             max_held_share=_fraction_setting("RAGFRESH_MAX_HELD_SHARE", 0.25),
             max_removed_share=_fraction_setting("RAGFRESH_MAX_REMOVED_SHARE", 0.25),
+            max_file_bytes=_int_setting(
+                "RAGFRESH_MAX_FILE_BYTES", 50_000_000, 1, "a policy file has at least a byte"
+            ),
             allow_mass_delete=env.get("RAGFRESH_ALLOW_MASS_DELETE", "").lower() in TRUE,
             model_cache_dir=Path(env["RAGFRESH_MODEL_CACHE"]).resolve()
             if env.get("RAGFRESH_MODEL_CACHE")

@@ -91,8 +91,12 @@ class _Rules:
         return {"owners": list(gov.owners), "classification": gov.classification}
 
 
-def _new_content(source: SourceFile, rules: _Rules) -> dict[str, Any]:
-    """Parse, govern and scan a file whose bytes are new."""
+def _new_content(source: SourceFile, rules: _Rules, max_bytes: int) -> dict[str, Any]:
+    """Parse, govern and scan a file whose bytes are new, unless it is too large to read."""
+    if source.size_bytes > max_bytes:
+        raise ParseError(
+            f"{source.size_bytes} bytes, more than RAGFRESH_MAX_FILE_BYTES={max_bytes}: not read"
+        )
     data = source.path.read_bytes()
     parsed = parse_document(source.doc_id, data)
     return {
@@ -165,7 +169,10 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
                     continue
                 change, content = update
             else:
-                change, content = ("changed" if live else "added"), _new_content(source, doc_rules)
+                change, content = (
+                    ("changed" if live else "added"),
+                    _new_content(source, doc_rules, settings.max_file_bytes),
+                )
         except Exception as exc:  # one bad file is recorded and skipped, never fatal
             reason = str(exc) if isinstance(exc, ParseError) else f"{type(exc).__name__}: {exc}"
             errors.append((source.doc_id, source.sha256, reason))

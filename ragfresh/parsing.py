@@ -14,6 +14,7 @@ import yaml
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html",
            ".htm": "html", ".pdf": "pdf", ".docx": "docx"}  # fmt: skip
+MAX_PDF_PAGES = 2_000  # a PDF bomb declares millions of pages: refused unread
 
 
 class ParseError(Exception):
@@ -98,6 +99,8 @@ def _parse_pdf(data: bytes) -> tuple[str, str | None, dict[str, Any]]:
     reader = PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         raise ParseError("encrypted PDF")
+    if len(reader.pages) > MAX_PDF_PAGES:  # read from the page tree: no page is parsed yet
+        raise ParseError(f"{len(reader.pages)} pages, more than the limit of {MAX_PDF_PAGES}")
     pages = [page.extract_text() or "" for page in reader.pages]
     title = str(reader.metadata.title) if reader.metadata and reader.metadata.title else None
     return "\n\n".join(page.strip() for page in pages), title, {}

@@ -205,3 +205,14 @@ def test_two_concurrent_ingests_write_each_version_once(settings):
     assert current["doc_id"].n_unique() == current.height == 23
     fee = current.filter(pl.col("doc_id") == "retail/overdraft-fees.md")
     assert fee["doc_version"].to_list() == [2]
+
+
+def test_a_file_over_the_size_limit_is_quarantined_unread_and_the_rest_go_on(
+    settings, corpus, monkeypatch
+):
+    (corpus / "huge.txt").write_text("A clause.\n" * 5_000)  # 50,000 bytes
+    monkeypatch.setenv("RAGFRESH_MAX_FILE_BYTES", "40000")  # the bundled ones are smaller
+    result = ingest_documents(Settings.load(), run_id="r1")
+    assert result.added == 22 and result.quarantined == 1
+    [reason] = result.errors.filter(pl.col("path") == "huge.txt")["reason"].to_list()
+    assert reason == "50000 bytes, more than RAGFRESH_MAX_FILE_BYTES=40000: not read"

@@ -92,3 +92,18 @@ def test_formats_and_front_matter_only_for_markdown():
     assert document_format("A/B.MD") == "markdown"
     assert read_front_matter("a.txt", b"---\nowner: team:x\n---\n") == {}
     assert read_front_matter("a.md", b"---\nowner: team:x\n---\nbody") == {"owner": "team:x"}
+
+
+def test_a_pdf_with_more_pages_than_the_limit_is_refused_before_it_is_read(monkeypatch):
+    from pypdf import PdfWriter
+
+    from ragfresh import parsing
+
+    writer = PdfWriter()
+    for _ in range(3):
+        writer.add_blank_page(width=200, height=200)
+    data = io.BytesIO()
+    writer.write(data)
+    monkeypatch.setattr(parsing, "MAX_PDF_PAGES", 2)
+    with pytest.raises(ParseError, match="3 pages, more than the limit of 2"):
+        parse_document("big.pdf", data.getvalue())
