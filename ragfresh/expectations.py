@@ -45,15 +45,14 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
 # stop the run, up to `Settings.max_held_share` of their rows.
 HOLDS_DOCUMENTS = (POLICY_DOCUMENTS.name, POLICY_CHUNKS.name)
 # GX keeps each failing value beside its row: values may be PII, so only counts and keys stay.
-VALUE_RESULTS = (
+VALUE_LISTS = (
     "partial_unexpected_list",
     "unexpected_list",
     "partial_unexpected_counts",
     "partial_unexpected_index_list",
     "unexpected_index_query",
-    "observed_value",
-    "details",
 )
+OBSERVATIONS = ("observed_value", "details")  # kept for table-level expectations: column names
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,6 @@ def validate(
     """Run the suite over the frame (GX validates pandas); failing rows are named by their
     `key` columns, at most `limit` per expectation. With `docs`, the result, stripped of
     values, is published to the home's Data Docs."""
-
     context = _context(docs)
     batch = (
         context.data_sources.add_pandas("ragfresh")
@@ -191,8 +189,8 @@ def validate(
         found = r.result.get("unexpected_index_list")
         rows = None if found is None else _key_rows(found, key)
         kind, kwargs = r.expectation_config.type, r.expectation_config.kwargs
-        table_level = kind.startswith("expect_table_")  # its observations are column names
-        for name in VALUE_RESULTS[: 5 if table_level else None]:
+        table_level = kind.startswith("expect_table_")
+        for name in VALUE_LISTS if table_level else VALUE_LISTS + OBSERVATIONS:
             r.result.pop(name, None)
         if rows:  # Data Docs list the failing rows by key where GX would list their values
             named = [", ".join(f"{k}={v}" for k, v in row.items()) for row in rows]
