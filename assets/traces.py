@@ -1,13 +1,36 @@
-"""Search receipts: `retrieval_traces` is written by every search, not by a refresh."""
+"""Search receipts: `retrieval_traces` is written by every search; materializing it enforces
+the retention (`RAGFRESH_TRACE_RETENTION_DAYS`), in every refresh and once a day."""
 
 import dagster as dg
 
 from assets.metadata import table_asset
+from orchestration.resources import RagfreshResource
 from ragfresh.tables import RETRIEVAL_TRACES
+from ragfresh.trace_store import prune_traces
 
-retrieval_traces = dg.AssetSpec(
-    RETRIEVAL_TRACES.name,
+DAILY = (
+    dg.AutomationCondition.cron_tick_passed("0 3 * * *") & ~dg.AutomationCondition.in_progress()
+).with_label("daily at 03:00")
+
+
+@dg.asset(
+    name=RETRIEVAL_TRACES.name,
     deps=["served_index"],
-    description=RETRIEVAL_TRACES.description + " Written by `ragfresh search` and `search()`.",
+    description=RETRIEVAL_TRACES.description
+    + " Written by `ragfresh search`, `search()` and the service, the question redacted;"
+    " materializing it deletes traces past their retention.",
+    automation_condition=DAILY,
     **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )
+def retrieval_traces(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
+    settings = ragfresh.settings()
+    counts = prune_traces(settings, run_id=context.run_id)
+    context.log.info(
+        "retrieval_traces: %d past %d days deleted, %d kept",
+        counts["deleted"],
+        settings.trace_retention_days,
+        counts["kept"],
+    )
+    return dg.MaterializeResult(
+        metadata={**counts, "retention_days": settings.trace_retention_days}
+    )

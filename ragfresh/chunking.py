@@ -14,10 +14,10 @@ from semantic_text_splitter import MarkdownSplitter
 from tokenizers import Tokenizer
 
 from ragfresh.embedding import Embedder
-from ragfresh.parsing import HEADING
+from ragfresh.parsing import headings
 from ragfresh.pii import PiiSpan, detect_pii, redact, to_original_offset
 
-CHUNKER_VERSION = "3"
+CHUNKER_VERSION = "4"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")  # what `ragfresh.pii.redact` writes
 HEADER_TOKENS = 48  # the most a chunk's context header (title, headings) may take of the limit
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
@@ -56,10 +56,10 @@ def context_header(title: str, heading: str) -> str:
 def _heading_paths(text: str) -> tuple[list[int], list[str]]:
     """For each markdown heading, its position and the ' > ' path of headings above it."""
     positions, paths, stack = [], [], []
-    for match in HEADING.finditer(text):
-        level = len(match.group(1))
-        stack = [(lvl, title) for lvl, title in stack if lvl < level] + [(level, match.group(2))]
-        positions.append(match.start())
+    for heading in headings(text):
+        stack = [(lvl, title) for lvl, title in stack if lvl < heading.level]
+        stack.append((heading.level, heading.title))
+        positions.append(heading.start)
         paths.append(" > ".join(title for _, title in stack))
     return positions, paths
 
@@ -99,8 +99,8 @@ class Chunker:
             )
         measure = measure or (lambda _, piece: self.count_tokens(piece))
         pieces: list[tuple[int, str, int]] = []
-        for start, atomic in self._splitters[capacity].chunk_indices(_placeholders_whole(text)):
-            piece = text[start : start + len(atomic)]
+        for start, end in _cut_outside_placeholders(self._splitters[capacity], text):
+            piece = text[start:end]
             tokens = measure(start, piece)
             if tokens <= self.max_tokens:
                 pieces.append((start, piece, tokens))
@@ -176,6 +176,20 @@ def _placeholders_whole(text: str) -> str:
     the same length (`_TYPE_`), since `<` is a word of its own and a boundary could fall after
     it; offsets are unchanged, so pieces are cut from the real text."""
     return PLACEHOLDER.sub(lambda m: f"_{m.group(1)}_", text)
+
+
+def _cut_outside_placeholders(splitter: MarkdownSplitter, text: str) -> list[tuple[int, int]]:
+    """(start, end) of the splitter's pieces. A word over the limit is cut between any two
+    characters, so a boundary that falls inside a placeholder is moved past its end."""
+    past = {i: m.end() for m in PLACEHOLDER.finditer(text) for i in range(m.start() + 1, m.end())}
+    bounds = []
+    for start, piece in splitter.chunk_indices(_placeholders_whole(text)):
+        end = past.get(start + len(piece), start + len(piece))
+        if start in past:  # a space may follow the placeholder: the splitter would trim it
+            start = end - len(text[past[start] : end].lstrip())
+        if start < end:
+            bounds.append((start, end))
+    return bounds
 
 
 def _shifted(measure: Callable[[int, str], int], offset: int, start: int, piece: str) -> int:

@@ -11,7 +11,7 @@ import polars as pl
 
 from ragfresh import delta_store
 from ragfresh.chunking import Chunker
-from ragfresh.config import Settings
+from ragfresh.config import CLASSIFICATIONS, Settings
 from ragfresh.documents import read_documents
 from ragfresh.holds import (
     VERSION,
@@ -21,11 +21,15 @@ from ragfresh.holds import (
     standing_holds,
     write_holds,
 )
-from ragfresh.pii import PiiSpan
+from ragfresh.locks import writer_lock
+from ragfresh.pii import PiiDetectorError, PiiSpan
 from ragfresh.sql import in_list
 from ragfresh.tables import POLICY_CHUNKS, empty_frame
 
 log = logging.getLogger(__name__)
+
+APPLIED_PII_RULES = "ragfresh.pii_rules"  # table property: the rules the chunks follow
+RAW_PII_IN_VECTOR_HISTORY = "ragfresh.raw_pii_in_vector_history"  # set until vectors forget it
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,29 @@ def oversized_chunks(settings: Settings, max_tokens: int) -> int:
     return chunks.filter(pl.col("token_count") > max_tokens).height
 
 
+def _record_rules(settings: Settings, run_id: str) -> None:
+    """Record on the table the PII rules its chunks now follow. If a classification that was
+    stored raw (`allow`) no longer is, its raw text is still in earlier table versions: they
+    are forgotten, and the vector table is marked to forget its own once re-embedded."""
+    uri = settings.table_uri(POLICY_CHUNKS.name)
+    delta = delta_store.open_table(uri)
+    if delta is None:
+        return
+    now = {c: settings.pii_action(c) for c in CLASSIFICATIONS}
+    recorded = delta.metadata().configuration.get(APPLIED_PII_RULES)
+    if recorded == json.dumps(now, sort_keys=True):
+        return
+    before = json.loads(recorded) if recorded else now
+    tightened = [c for c in CLASSIFICATIONS if before.get(c) == "allow" and now[c] != "allow"]
+    if tightened:
+        log.warning("PII rules tightened for %s: forgetting raw chunk history", tightened)
+        delta_store.forget_history(uri, run_id)
+    marks = {APPLIED_PII_RULES: json.dumps(now, sort_keys=True)}
+    if tightened:
+        marks[RAW_PII_IN_VECTOR_HISTORY] = "true"
+    delta_store.set_properties(delta_store.open_table(uri), marks, run_id)  # history gone first
+
+
 def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str) -> list:
     spans = [PiiSpan(**s) for s in doc["pii_spans"]]
     action = settings.pii_action(doc["classification"])
@@ -93,7 +120,14 @@ def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_i
 def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     """Re-chunk documents whose version or chunking changed; drop chunks of removed documents.
     A version that fails to chunk or fails a row-level expectation is held back: the
-    document keeps its previous chunks and its owner is told why; the rest go on."""
+    document keeps its previous chunks and its owner is told why; the rest go on.
+    One writer at a time: a merge computed from documents another refresh has since moved on
+    from would delete that refresh's newer chunks."""
+    with writer_lock(settings, POLICY_CHUNKS.name):
+        return _refresh(settings, chunker, run_id)
+
+
+def _refresh(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     config_id = chunking_id(settings, chunker)
     attempt = attempt_id(config_id)
     documents = read_documents(settings)
@@ -105,6 +139,8 @@ def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkRe
     for number, doc in enumerate(stale.iter_rows(named=True), start=1):
         try:
             rows += _rows(settings, chunker, doc, config_id, run_id)
+        except PiiDetectorError:  # the detector, not the document: stop before anything is embedded
+            raise
         except Exception as exc:  # one document's failure must not stop the others
             crashed[doc["doc_id"]] = f"chunking raised {type(exc).__name__}"
             log.error("could not chunk %s: %s", doc["doc_id"], type(exc).__name__)
@@ -131,6 +167,7 @@ def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkRe
                 .when_not_matched_by_source_delete(predicate=f"t.doc_id IN ({in_list(touched)})")
             ),
         )
+    _record_rules(settings, run_id)
     return ChunkResult(
         documents_rechunked=len(done),
         documents_removed=len(removed),

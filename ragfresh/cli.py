@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,28 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _purge(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.purge import purge_document
+    from ragfresh.reports import build_reports
+
+    result = purge_document(settings, args.doc_id, reason=args.reason, requested_by=args.actor)
+    reports = build_reports(settings, Embedder().model_id)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return 0
+    versions = ", ".join(f"v{v}" for v in result.versions) or "none left in policy_documents"
+    print(f"purged {result.doc_id} ({versions}) by {args.actor}, recorded as {result.purge_id}")
+    for table, rows in result.rows_erased.items():
+        print(f"  {table}: {rows} rows erased or redacted; earlier versions removed")
+    if result.releases_dropped:
+        dropped = ", ".join(map(str, result.releases_dropped))
+        print(f"  releases {dropped} held it and are no longer kept (no rollback to them)")
+    if result.republished_release is not None:
+        print(f"  release {result.republished_release} now serves, without it (not evaluated)")
+    print(f"  reports rebuilt: {reports.index}")
+    return 0
+
+
 def _search(settings: Settings, args: argparse.Namespace) -> int:
     from ragfresh.query_encoder import query_encoder
 
@@ -283,10 +305,10 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
     embedder = Embedder()
     with ThreadPoolExecutor(1) as pool:  # the encoder loads while Lance and polars import
         loading = pool.submit(query_encoder, settings, embedder)
-        from ragfresh.search import search_many
+        from ragfresh.search import answer_many
 
         encoder = loading.result()
-    results = search_many(settings, encoder, questions, k=args.k, caller=args.caller)
+    results, traces = answer_many(settings, encoder, questions, k=args.k, caller=args.caller)
     for result in results:
         if args.json:
             print(json.dumps(result.to_dict()))
@@ -297,6 +319,10 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {rank}. {hit.doc_id} v{hit.doc_version} [{hit.heading}] "
                   f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip
             print("     " + " ".join(hit.text.split())[:200])
+    sys.stdout.flush()  # the answers first: redacting the questions for their traces loads Presidio
+    from ragfresh.trace_store import write_traces
+
+    write_traces(settings, traces, run_id=f"search:{args.caller}")
     if encoder is embedder:  # the torch model answered: export the light one for next time
         _export_query_encoder(settings, embedder)
     return 0
@@ -468,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--actor", default=getpass.getuser(), help="recorded (default: you)")
     back.add_argument("--json", action="store_true")
     back.set_defaults(handler=_rollback)
+    purge = commands.add_parser(
+        "purge", help="erase a document from every table, version, release and trace"
+    )
+    purge.add_argument("doc_id", help="the document, as its path under the policies folder")
+    purge.add_argument(
+        "--reason", default="erasure from the command line", help="recorded: a takedown, a request"
+    )
+    purge.add_argument("--actor", default=getpass.getuser(), help="recorded (default: you)")
+    purge.add_argument("--json", action="store_true")
+    purge.set_defaults(handler=_purge)
     search = commands.add_parser("search", help="hybrid search with a receipt per hit")
     search.add_argument("question", nargs="?", help="the question")
     search.add_argument("-k", type=_positive, default=5, help="hits per question (default 5)")

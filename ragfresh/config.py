@@ -66,6 +66,12 @@ def freshness_slo() -> float:
     return parse_duration("RAGFRESH_FRESHNESS_SLO", os.environ.get("RAGFRESH_FRESHNESS_SLO", "10m"))
 
 
+def max_parse_seconds() -> float:
+    """How long one file may take to parse: `RAGFRESH_MAX_PARSE_SECONDS`, default 60 s."""
+    raw = os.environ.get("RAGFRESH_MAX_PARSE_SECONDS", "60")
+    return parse_duration("RAGFRESH_MAX_PARSE_SECONDS", raw)
+
+
 DEFAULT_GOLDEN = Path("evals") / "golden_cases.csv"
 
 
@@ -104,6 +110,7 @@ class Settings:
     pii_rules: dict[str, str] = field(default_factory=dict)
     vector_index_min_rows: int = 10_000
     version_retention_days: int = 90
+    trace_retention_days: int = 90
     golden_cases: Path | None = None
     gate: Gate = field(default_factory=Gate)
     judge_url: str | None = None
@@ -157,6 +164,9 @@ class Settings:
             ),
             version_retention_days=_int_setting(
                 "RAGFRESH_VERSION_RETENTION_DAYS", 90, 1, "traces replay old index versions"
+            ),
+            trace_retention_days=_int_setting(
+                "RAGFRESH_TRACE_RETENTION_DAYS", 90, 1, "a receipt must outlive its answer"
             ),
             golden_cases=_golden_path(golden),
             gate=Gate(

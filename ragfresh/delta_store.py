@@ -34,6 +34,15 @@ def open_table(uri: str) -> DeltaTable | None:
         return None
 
 
+def _governed(table: TableDef) -> dict[str, str]:
+    """Table properties ragfresh keeps set: who owns it, what it is, what the log may record."""
+    return {
+        "ragfresh.owner": table.owner,
+        "ragfresh.description": table.description,
+        "delta.dataSkippingStatsColumns": ",".join(table.stats_columns),
+    }
+
+
 def ensure_table(table: TableDef, uri: str, run_id: str) -> DeltaTable:
     """Open the table, creating it governed (CDF, owner, description, column tags) if absent;
     governance properties a killed creation left unset are set now."""
@@ -45,19 +54,27 @@ def ensure_table(table: TableDef, uri: str, run_id: str) -> DeltaTable:
             mode="ignore",
             name=table.name,
             description=table.description,
-            configuration={"delta.enableChangeDataFeed": "true"},
+            configuration={
+                "delta.enableChangeDataFeed": "true",
+                "delta.dataSkippingStatsColumns": ",".join(table.stats_columns),
+            },
             commit_properties=commit_properties(run_id, "create"),
         )
         log.info("created Delta table %s at %s", table.name, uri)
-    wanted = {"ragfresh.owner": table.owner, "ragfresh.description": table.description}
+    wanted = _governed(table)
     present = delta.metadata().configuration
     if any(present.get(k) != v for k, v in wanted.items()):
-        delta.alter.set_table_properties(
-            wanted,
-            raise_if_not_exists=False,
-            commit_properties=commit_properties(run_id, "govern"),
-        )
+        set_properties(delta, wanted, run_id)
     return delta
+
+
+def set_properties(delta: DeltaTable, properties: dict[str, str], run_id: str) -> None:
+    """Set table properties, ragfresh's own (`ragfresh.*`) included, in one commit."""
+    delta.alter.set_table_properties(
+        properties,
+        raise_if_not_exists=False,  # else delta-rs refuses any key it does not know
+        commit_properties=commit_properties(run_id, "properties"),
+    )
 
 
 def read_table(
@@ -74,7 +91,10 @@ def read_table(
 
 
 def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
-    return frame.select(schema.names).to_arrow().cast(schema)
+    """Rows in the table's columns and types. Column descriptions and tags are set when the
+    table is created; written again, any change to them would fail the commit."""
+    bare = pa.schema([field.remove_metadata() for field in schema])
+    return frame.select(schema.names).to_arrow().cast(bare)
 
 
 def merge(
@@ -136,3 +156,29 @@ def overwrite(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> Non
         mode="overwrite",
         commit_properties=commit_properties(run_id, "overwrite"),
     )
+
+
+def erase(uri: str, predicate: str, run_id: str) -> int:
+    """Delete the rows matching `predicate` and every stored byte that held them (see
+    `forget_history`); the number of rows deleted."""
+    delta = open_table(uri)
+    if delta is None:
+        return 0
+    metrics = delta.delete(predicate, commit_properties=commit_properties(run_id, "erase"))
+    forget_history(uri, run_id)
+    return metrics["num_deleted_rows"]
+
+
+def forget_history(uri: str, run_id: str) -> None:
+    """Remove the data and change-feed files of earlier versions and the log entries that
+    describe them: Delta cannot rewrite a past version, so an erasure gives up the table's
+    history. Run it under the table's writer lock: files not yet committed are removed too."""
+    delta = open_table(uri)
+    if delta is None:
+        return
+    retention = delta.metadata().configuration.get("delta.logRetentionDuration")
+    set_properties(delta, {"delta.logRetentionDuration": "interval 0 seconds"}, run_id)
+    delta.create_checkpoint()
+    delta.cleanup_metadata()
+    set_properties(delta, {"delta.logRetentionDuration": retention or "interval 30 days"}, run_id)
+    delta.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False, full=True)

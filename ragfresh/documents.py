@@ -17,8 +17,9 @@ from ragfresh.errors import RagfreshError
 from ragfresh.freshness import record_seen
 from ragfresh.governance import Governance, OwnerRule, load_owner_rules, resolve_governance
 from ragfresh.local_state import read_state, write_state
+from ragfresh.locks import writer_lock
 from ragfresh.parsing import ParseError, parse_document, read_front_matter
-from ragfresh.pii import PiiSpan, detect_pii, detector_id
+from ragfresh.pii import PiiDetectorError, PiiSpan, detect_pii, detector_id
 from ragfresh.sources import OWNERS_FILE, SourceFile, TreeState, scan_sources, sha256_bytes
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
@@ -134,7 +135,13 @@ def ingested_tree(settings: Settings) -> TreeState | None:
 
 def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
     """Bring `policy_documents` in line with the policies folder in one merge commit. Files
-    whose size and mtime did not move since the last ingestion are not read again."""
+    whose size and mtime did not move since the last ingestion are not read again. One writer
+    at a time, like the chunks and the vectors: an erasure must not run beside it."""
+    with writer_lock(settings, POLICY_DOCUMENTS.name):
+        return _ingest(settings, run_id)
+
+
+def _ingest(settings: Settings, run_id: str) -> IngestResult:
     now = datetime.now(tz=UTC)
     before = ingested_tree(settings)
     rules, rule_errors = load_owner_rules(settings.policies / OWNERS_FILE)
@@ -173,6 +180,8 @@ def ingest_documents(settings: Settings, run_id: str) -> IngestResult:
                     ("changed" if live else "added"),
                     _new_content(source, doc_rules, settings.max_file_bytes),
                 )
+        except PiiDetectorError:  # the detector, not the file: nothing may be written unscanned
+            raise
         except Exception as exc:  # one bad file is recorded and skipped, never fatal
             reason = str(exc) if isinstance(exc, ParseError) else f"{type(exc).__name__}: {exc}"
             errors.append((source.doc_id, source.sha256, reason))

@@ -20,8 +20,8 @@ from ragfresh.embedding import Embedder
 from ragfresh.gate import compare, decide, metric_deltas, run_metrics
 from ragfresh.golden import GoldenCase, GoldenSet, load_golden, normalize
 from ragfresh.judge import NOT_CONFIGURED, Judge, JudgeError
-from ragfresh.pii import detect_pii
-from ragfresh.releases import latest_eval, record_candidate, served_release
+from ragfresh.pii import NER_ENTITIES, detect_pii
+from ragfresh.releases import latest_eval, read_releases, record_candidate, served_release
 from ragfresh.search import SearchResult, hit_records, search_many
 from ragfresh.sql import in_list
 from ragfresh.tables import EVAL_CASE_RESULTS, EVAL_RUNS, RETRIEVAL_TRACES, empty_frame
@@ -164,7 +164,9 @@ def _applicable(golden: GoldenSet, corpus: _Corpus, settings: Settings):
 
 
 class _PiiCheck:
-    """Raw PII in a hit that its classification's rule does not allow, cached per chunk."""
+    """Raw PII in a hit that its classification's rule does not allow, cached per chunk. Only
+    what the pattern recognizers find counts: a name is found from its whole document's
+    context, and the same words cut out of it into a chunk may read as a name, or not."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -173,7 +175,8 @@ class _PiiCheck:
     def __call__(self, chunk_id: str, text: str, classification: str) -> bool:
         if chunk_id not in self.seen:
             allowed = self.settings.pii_action(classification) == "allow"
-            self.seen[chunk_id] = not allowed and bool(detect_pii(text))
+            found = [s for s in detect_pii(text) if s.entity_type not in NER_ENTITIES]
+            self.seen[chunk_id] = not allowed and bool(found)
         return self.seen[chunk_id]
 
 
@@ -341,6 +344,8 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
     if done and (done["golden_sha256"], done["model_id"], done["documents_version"]) == (
         golden_sha, embedder.model_id, documents_version
     ):  # fmt: skip
+        if read_releases(settings).filter(pl.col("release") == candidate).is_empty():
+            record_candidate(settings, done, run_id)  # its run was killed before recording it
         return Evaluation(done, read_case_results(settings, done["eval_run_id"]), reused=True)
 
     corpus = _Corpus(read_documents(settings, current_only=False))

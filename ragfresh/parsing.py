@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import io
+import itertools
+import os
+import pickle
 import re
+import resource
+import select
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-import frontmatter
 import yaml
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+
+from ragfresh.config import max_parse_seconds
 
 FORMATS = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".html": "html",
            ".htm": "html", ".pdf": "pdf", ".docx": "docx"}  # fmt: skip
 MAX_PDF_PAGES = 2_000  # a PDF bomb declares millions of pages: refused unread
+ISOLATED = ("html", "pdf", "docx")  # parsed in a child process that is killed past the time limit
+MAX_PARSE_MEMORY = 4 * 1024**3  # the parser process's address space, in bytes
 
 
 class ParseError(Exception):
@@ -48,28 +61,79 @@ def _decode(data: bytes) -> str:
         raise ParseError(f"invalid UTF-8 at byte {exc.start}") from exc
 
 
-# An ATX heading: 1-6 `#`, a space, the title, optionally closing `#`s after a space.
-HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+@dataclass(frozen=True)
+class Heading:
+    """A top-level markdown heading: its level, its plain text and where its first line starts."""
+
+    level: int
+    title: str
+    start: int
 
 
-def _first_heading(markdown: str) -> str | None:
-    match = HEADING.search(markdown)
-    return match.group(2).strip() if match else None
+# Block structure only (inline parsing of every paragraph would double the cost); raw HTML off,
+# so that `<PERSON>` placeholders stay text.
+_BLOCKS = MarkdownIt("commonmark", {"html": False}).disable("inline")
+_INLINE = MarkdownIt("commonmark", {"html": False})
+_LINE_BREAK = re.compile(r"\r\n?|\n")  # the line breaks markdown-it counts lines by
+
+
+def _plain(tokens: list[Token]) -> str:
+    """The text of inline tokens without their markup (emphasis, link targets, escapes)."""
+    return "".join(
+        _plain(t.children) if t.children else " " if t.type.endswith("break") else t.content
+        for t in tokens
+        if t.children or t.type in ("text", "code_inline", "softbreak", "hardbreak")
+    )
+
+
+def headings(markdown: str) -> list[Heading]:
+    """ATX and setext headings outside code blocks, quotes and lists, as CommonMark reads them."""
+    env: dict[str, Any] = {}
+    tokens = _BLOCKS.parse(markdown, env)
+    starts = [0] + [match.end() for match in _LINE_BREAK.finditer(markdown)]
+    found = []
+    for opening, inline in itertools.pairwise(tokens):
+        if opening.type == "heading_open" and opening.level == 0 and opening.map:
+            title = " ".join(_plain(_INLINE.parseInline(inline.content, env)).split())
+            if title:
+                found.append(Heading(int(opening.tag[1]), title, starts[opening.map[0]]))
+    return found
+
+
+FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)^---[ \t]*$\r?\n?", re.DOTALL | re.MULTILINE)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML without aliases: nested `*refs` expand to billions of items (a YAML bomb)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise ParseError("front matter uses a YAML alias (*name): not accepted")
+        return super().compose_node(parent, index)
+
+
+def _split_front_matter(raw: str) -> tuple[dict[str, Any], str]:
+    """(front matter, body). Front matter is a leading `---` block, closed by `---`, holding a
+    YAML mapping; other YAML (prose, a list) is markdown after a horizontal rule. A block that
+    is not YAML is an error (it may be a mistyped classification), unless a blank line follows
+    the opening `---`: that is a horizontal rule, then prose."""
+    match = FRONT_MATTER.match(raw)
+    if not match:
+        return {}, raw
+    try:
+        meta = yaml.load(match[1], Loader=_NoAliasLoader)
+    except yaml.YAMLError as exc:
+        if match[1][:1] in ("\n", "\r"):
+            return {}, raw
+        raise ParseError(f"malformed YAML front matter: {exc}".splitlines()[0]) from exc
+    if meta is None or isinstance(meta, dict):
+        return meta or {}, raw[match.end() :]
+    return {}, raw
 
 
 def _parse_markdown(data: bytes) -> tuple[str, str | None, dict[str, Any]]:
-    raw = _decode(data)
-    handler = frontmatter.YAMLHandler()
-    if not handler.detect(raw):
-        return raw, _first_heading(raw), {}
-    header, text = handler.split(raw)
-    try:
-        meta = handler.load(header) or {}
-    except yaml.YAMLError as exc:
-        raise ParseError(f"malformed YAML front matter: {exc}".splitlines()[0]) from exc
-    if not isinstance(meta, dict):
-        raise ParseError("front matter is not a mapping of keys to values")
-    title = str(meta.get("title") or "").strip() or _first_heading(text)
+    meta, text = _split_front_matter(_decode(data))
+    title = str(meta.get("title") or "").strip() or None
     if not text.strip() and title:
         # A front-matter-only page (a Jekyll redirect stub) is a document: its title and target.
         moved = meta.get("redirect_to")
@@ -90,7 +154,7 @@ def _parse_html(data: bytes) -> tuple[str, str | None, dict[str, Any]]:
     for tag in soup(["script", "style", "head", "nav"]):
         tag.decompose()
     text = markdownify(str(soup), heading_style="ATX", bullets="-")
-    return re.sub(r"\n{3,}", "\n\n", text).strip(), title or _first_heading(text), {}
+    return re.sub(r"\n{3,}", "\n\n", text), title, {}
 
 
 def _parse_pdf(data: bytes) -> tuple[str, str | None, dict[str, Any]]:
@@ -143,24 +207,98 @@ _PARSERS: dict[str, Callable[[bytes], tuple[str, str | None, dict[str, Any]]]] =
 }
 
 
+def _extract(fmt: str, data: bytes) -> tuple[str, str | None, dict[str, Any]]:
+    """Text, title and front matter; a parser library's own error becomes a ParseError."""
+    try:
+        text, title, meta = _PARSERS[fmt](data)
+        text = text.strip()
+        return text, title or next((h.title for h in headings(text)), None), meta
+    except ParseError:
+        raise
+    except Exception as exc:  # the file is bad, not the run
+        raise ParseError(f"unreadable {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
+
+
+def _serve() -> None:
+    """The parser process: (format, bytes) requests from stdin, pickled replies to stdout."""
+    resource.setrlimit(resource.RLIMIT_AS, (MAX_PARSE_MEMORY, MAX_PARSE_MEMORY))
+    requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a library's print goes to stderr, not into the replies
+    pickle.dump("ready", replies)
+    replies.flush()
+    while True:
+        try:
+            fmt, data = pickle.load(requests)
+        except EOFError:  # the parent closed the pipe or exited
+            return
+        try:
+            reply = ("parsed", _extract(fmt, data))
+        except ParseError as exc:
+            reply = ("error", str(exc))
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+# A new interpreter, not a fork (unsafe in a threaded process such as a Dagster run worker) nor
+# multiprocessing (which re-imports the caller's main module and is refused in daemon processes).
+_worker_lock = threading.Lock()
+_worker: subprocess.Popen[bytes] | None = None
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-c", "from ragfresh.parsing import _serve; _serve()"]
+    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    pickle.load(worker.stdout)  # "ready": starting the process is not the file's parse time
+    return worker
+
+
+def _parse_in_child(fmt: str, data: bytes, seconds: float) -> tuple[str, str | None, dict]:
+    """`_extract` in the warm parser process. Past `seconds` the process is killed (a thread
+    cannot stop a pure-Python hang) and the next file starts a new one."""
+    global _worker
+    with _worker_lock:
+        worker = _worker if _worker and _worker.poll() is None else _start_worker()
+        _worker = None  # given back after a whole reply only: any other way out kills it
+        try:
+            pickle.dump((fmt, data), worker.stdin)
+            worker.stdin.flush()
+            if not select.select([worker.stdout], [], [], seconds)[0]:
+                raise ParseError(
+                    f"parsing took more than {seconds:g} s (RAGFRESH_MAX_PARSE_SECONDS)"
+                )
+            try:
+                outcome, value = pickle.load(worker.stdout)
+            except (EOFError, pickle.UnpicklingError):
+                code = worker.wait()
+                raise ParseError(
+                    f"the parser process died (exit code {code}), e.g. out of memory"
+                ) from None
+            _worker = worker
+        finally:
+            if _worker is None:
+                worker.kill()
+                worker.communicate()  # waits for it and closes its pipes
+    if outcome == "error":
+        raise ParseError(value)
+    return value
+
+
 def parse_document(doc_id: str, data: bytes) -> ParsedDocument:
-    """Parse one file; raise ParseError with a reason for anything that cannot be ingested."""
+    """Parse one file; raise ParseError with a reason for anything that cannot be ingested.
+    HTML, PDF and DOCX are parsed in a child process, stopped at RAGFRESH_MAX_PARSE_SECONDS."""
     fmt = document_format(doc_id)
     if not data.strip():
         raise ParseError("empty file")
-    try:
-        text, title, meta = _PARSERS[fmt](data)
-    except ParseError:
-        raise
-    except Exception as exc:  # a parser library's own error: the file is bad, not the run
-        raise ParseError(f"unreadable {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
-    text = text.strip()
+    if fmt in ISOLATED:
+        text, title, meta = _parse_in_child(fmt, data, max_parse_seconds())
+    else:
+        text, title, meta = _extract(fmt, data)
     if not text:
         raise ParseError("no text after parsing (empty body)")
-    title = title or _first_heading(text) or PurePosixPath(doc_id).stem.replace("-", " ")
+    title = title or PurePosixPath(doc_id).stem.replace("-", " ")
     return ParsedDocument(format=fmt, title=title, text=text, front_matter=meta)
 
 
 def read_front_matter(doc_id: str, data: bytes) -> dict[str, Any]:
     """Front matter alone, for files whose content is already ingested."""
-    return _parse_markdown(data)[2] if document_format(doc_id) == "markdown" else {}
+    return _split_front_matter(_decode(data))[0] if document_format(doc_id) == "markdown" else {}

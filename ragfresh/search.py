@@ -5,7 +5,6 @@ in about a second when the query encoder is the light ONNX one."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Collection
@@ -15,15 +14,13 @@ from typing import Any, Protocol
 
 import lance
 import numpy as np
-import polars as pl
 import pyarrow.compute as pc
 
-from ragfresh import delta_store
 from ragfresh.config import CLASSIFICATIONS, Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.releases import served_release
 from ragfresh.sql import in_list
-from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
+from ragfresh.trace_store import write_traces
 from ragfresh.vectors import METADATA, vectors_dataset
 
 
@@ -229,8 +226,7 @@ def answer(
     trace = {
         "trace_id": trace_id,
         "searched_at": datetime.now(tz=UTC),
-        "question": question,
-        "question_sha256": hashlib.sha256(question.encode()).hexdigest(),
+        "question": question,  # stored redacted, its hash keyed: see `trace_store`
         "k": k,
         "hits": hit_records(hits),
         "index_version": index.version,
@@ -244,15 +240,7 @@ def answer(
     return result, trace
 
 
-def write_traces(settings: Settings, traces: list[dict[str, Any]], run_id: str) -> None:
-    """Append trace rows in one commit."""
-    frame = pl.DataFrame(traces, schema=empty_frame(RETRIEVAL_TRACES).schema)
-    delta_store.append(
-        RETRIEVAL_TRACES, settings.table_uri(RETRIEVAL_TRACES.name), frame, run_id=run_id
-    )
-
-
-def search_many(
+def answer_many(
     settings: Settings,
     encoder: QueryEncoder,
     questions: list[str],
@@ -260,11 +248,9 @@ def search_many(
     caller: str = "cli",
     version: int | None = None,
     entitled: Collection[str] = CLASSIFICATIONS,
-) -> list[SearchResult]:
+) -> tuple[list[SearchResult], list[dict[str, Any]]]:
     """Answer each question from the served release (or a candidate `version`, for the
-    evaluation); one trace row each, one commit."""
-    if not questions:
-        return []
+    evaluation), all from one index version; the results and their trace rows, not written."""
     index = open_index(settings, version)
     index.check_model(encoder.model_id)
     encoder.load()
@@ -276,6 +262,22 @@ def search_many(
         result, trace = answer(index, question, vector, k, who, encoder.model_id, started)
         results.append(result)
         traces.append(trace)
+    return results, traces
+
+
+def search_many(
+    settings: Settings,
+    encoder: QueryEncoder,
+    questions: list[str],
+    k: int = 5,
+    caller: str = "cli",
+    version: int | None = None,
+    entitled: Collection[str] = CLASSIFICATIONS,
+) -> list[SearchResult]:
+    """`answer_many`, then the trace rows written in one commit."""
+    if not questions:
+        return []
+    results, traces = answer_many(settings, encoder, questions, k, caller, version, entitled)
     write_traces(settings, traces, run_id=f"search:{caller}")
     return results
 

@@ -40,8 +40,8 @@ from ragfresh.search import (
     SearchResult,
     answer,
     open_index,
-    write_traces,
 )
+from ragfresh.trace_store import write_traces
 from ragfresh.traces import TraceNotFoundError, explain_trace
 from ragfresh.vectors import vectors_dataset
 

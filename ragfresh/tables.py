@@ -24,6 +24,16 @@ class TableDef:
     schema: pa.Schema
     key: tuple[str, ...]
 
+    @property
+    def stats_columns(self) -> list[str]:
+        """The columns whose min and max go into the Delta log: keys and scalars, never free
+        text, since the log outlives the rows (an erased row's text would stay in it)."""
+        return [
+            f.name
+            for f in self.schema
+            if f.name in self.key or not (pa.types.is_string(f.type) or pa.types.is_nested(f.type))
+        ]
+
 
 POLICY_DOCUMENTS = TableDef(
     name="policy_documents",
@@ -129,8 +139,8 @@ RETRIEVAL_TRACES = TableDef(
     schema=pa.schema([
         col("trace_id", pa.string(), "Receipt id returned with every hit"),
         col("searched_at", TS, "When the search ran"),
-        col("question", pa.string(), "The question as asked", pii="contains"),
-        col("question_sha256", pa.string(), "sha256 of the question"),
+        col("question", pa.string(), "The question, PII replaced by <TYPE>", pii="redacted"),
+        col("question_sha256", pa.string(), "HMAC-SHA256 of the question, keyed by the home"),
         col("k", pa.int64(), "Hits requested"),
         col("hits", pa.list_(HIT), "Hits served: rank, chunk, document version, score"),
         col("index_version", pa.int64(), "LanceDB table version searched"),
@@ -274,11 +284,29 @@ DOCUMENT_FRESHNESS = TableDef(
 
 VECTORS = "policy_vectors"  # the LanceDB table of `ragfresh.vectors`
 
+PURGE_AUDIT = TableDef(
+    name="purge_audit",
+    description="Every erasure of a document: who asked, when, why, and what was removed.",
+    owner="team:data-platform",
+    key=("purge_id",),
+    schema=pa.schema([
+        col("purge_id", pa.string(), "Erasure id"),
+        col("purged_at", TS, "When the erasure finished"),
+        col("doc_id", pa.string(), "Document erased, with every version it had"),
+        col("versions", pa.list_(pa.int64()), "Its versions that were stored"),
+        col("requested_by", pa.string(), "Who asked: a user name"),
+        col("reason", pa.string(), "Why, as given, PII replaced by <TYPE>", pii="redacted"),
+        col("rows_erased", pa.map_(pa.string(), pa.int64()), "Rows removed or redacted, by table"),
+        col("releases_dropped", pa.list_(pa.int64()), "Releases that held it: no longer kept"),
+        col("republished_release", pa.int64(), "Release served after, without it; null if none"),
+    ]),
+)  # fmt: skip
+
 TABLES = {
     t.name: t
     for t in (
         POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, HELD_DOCUMENTS, RETRIEVAL_TRACES,
-        EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT, DOCUMENT_FRESHNESS,
+        EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT, DOCUMENT_FRESHNESS, PURGE_AUDIT,
     )
 }  # fmt: skip
 

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,12 +15,12 @@ import lance
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from filelock import FileLock
 
 from ragfresh.chunks import read_chunks
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
 from ragfresh.freshness import record_embedded
+from ragfresh.locks import writer_lock
 from ragfresh.sql import in_list, literal
 from ragfresh.tables import POLICY_CHUNKS, TS, VECTORS
 
@@ -163,19 +161,16 @@ def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, Embedd
     return dict(zip(found["text_sha256"].to_pylist(), pairs, strict=True))
 
 
-@contextmanager
-def writer_lock(settings: Settings) -> Iterator[None]:
-    """The single writer of the vector table and its tags, on this machine."""
-    settings.locks.mkdir(parents=True, exist_ok=True)
-    with FileLock(settings.locks / f"{VECTORS}.lock"):
-        yield
-
-
 def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
-    """Bring the vector table in line with current chunks, under the single-writer lock."""
-    with writer_lock(settings):
+    """Bring the vector table in line with current chunks, under the single-writer lock; then
+    forget older versions if they hold text a tightened PII rule now redacts."""
+    from ragfresh.vector_history import forget_raw_pii  # it publishes: releases import this
+
+    with writer_lock(settings, VECTORS):
         result = _sync(settings, embedder)
         record_embedded(settings, run_id=f"vectors:{result.table_version}")
+        if forget_raw_pii(settings, actor=f"vectors:{result.table_version}"):
+            return replace(result, table_version=open_vectors(settings).version)
         return result
 
 

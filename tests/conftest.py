@@ -23,6 +23,8 @@ from ragfresh.embedding import Embedder
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
+    from ragfresh.documents import IngestResult
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "policies"
 SHARED = REPO.parent / "shared"
@@ -44,8 +46,19 @@ ENVIRONMENT = (
     "RAGFRESH_JUDGE_MODEL", "RAGFRESH_ESCALATION_THRESHOLD", "RAGFRESH_GATE_MIN_HIT_AT_5",
     "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", "RAGFRESH_GATE_MAX_HIT_AT_5_DROP",
     "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET", "RAGFRESH_API_KEYS",
-    "RAGFRESH_MAX_HELD_SHARE",
+    "RAGFRESH_MAX_HELD_SHARE", "RAGFRESH_MAX_REMOVED_SHARE", "RAGFRESH_ALLOW_MASS_DELETE",
+    "RAGFRESH_MAX_FILE_BYTES", "RAGFRESH_MAX_PARSE_SECONDS", "RAGFRESH_TRACE_RETENTION_DAYS",
 )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def handbook_ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, IngestResult]:
+    """The whole 18F handbook ingested once: PII detection over its 246 pages takes a minute."""
+    from ragfresh.documents import ingest_documents
+
+    home = tmp_path_factory.mktemp("handbook")
+    settings = Settings.load(home=home, policies=HANDBOOK / "pages")
+    return settings, ingest_documents(settings, run_id="18f")
 
 
 @pytest.fixture(scope="session")

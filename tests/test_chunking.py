@@ -1,8 +1,11 @@
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from ragfresh.chunking import Chunker
+from ragfresh.documents import read_documents
 from ragfresh.parsing import parse_document
-from ragfresh.pii import PiiSpan, detect_pii
+from ragfresh.pii import PiiSpan, detect_pii, merge_spans, redact
 from tests.conftest import BUNDLED, HANDBOOK
 
 
@@ -13,14 +16,16 @@ def chunker():
     return Chunker.for_model(Embedder())
 
 
-def test_no_chunk_exceeds_the_model_limit_on_the_whole_18f_handbook(chunker, embedder):
+def test_no_chunk_exceeds_the_model_limit_on_the_whole_18f_handbook(
+    chunker, embedder, handbook_ingested
+):
     model_tokenizer = embedder.load().tokenizer  # what sentence-transformers itself feeds BERT
-    pages = sorted((HANDBOOK / "pages").rglob("*.md"))
-    assert len(pages) == 246
+    documents = read_documents(handbook_ingested[0])
+    assert documents.height == 246
     texts = []
-    for page in pages:
-        doc = parse_document(page.name, page.read_bytes())
-        chunks = chunker.chunk(page.name, doc.text, detect_pii(doc.text), "redact", doc.title)
+    for doc in documents.iter_rows(named=True):
+        spans = [PiiSpan(**s) for s in doc["pii_spans"]]
+        chunks = chunker.chunk(doc["doc_id"], doc["text"], spans, "redact", doc["title"])
         texts += [c.embed_text for c in chunks]  # what the model reads: headers included
         assert all(c.token_count <= chunker.max_tokens == 256 for c in chunks)
     counted = model_tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
@@ -127,3 +132,84 @@ def test_a_placeholder_is_never_cut_in_two(embedder):
         assert sum(p.count("<EMAIL_ADDRESS>") for p in pieces) == 1, (words, pieces)
         assert all(p.count("EMAIL_ADDRESS") == p.count("<EMAIL_ADDRESS>") for p in pieces)
         assert all(c.token_count <= embedder.max_tokens for c in chunks)
+
+
+FRAGMENTS = st.one_of(
+    st.sampled_from(
+        [
+            "\r\n",
+            "\n\n",
+            " ",
+            "\t",
+            "\u00a0",
+            "# Fees\n",
+            "## Overdraft ##\r\n",
+            "- item\n",
+            "| a | b |\n|---|---|\n",
+            "e\u0301",
+            "\u0301\u0302",
+            "👩\u200d👩\u200d👧",
+            "🇫🇷",
+            "中文",
+            "<",
+            ">",
+            "<EMAIL_ADDRESS>",
+            "a.b@example.com",
+            "```\ncode\n```\n",
+        ]
+    ),
+    st.text(max_size=10),
+    st.text(alphabet="abcdefghij", min_size=30, max_size=300),  # words longer than the limit
+)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> tuple[str, list[PiiSpan]]:
+    """Random text and PII spans drawn over it, merged as `detect_pii` merges them."""
+    text = "".join(draw(st.lists(FRAGMENTS, max_size=30)))
+    kinds = st.sampled_from(["PERSON", "EMAIL_ADDRESS", "US_SSN"])
+    drawn = draw(st.lists(st.tuples(st.integers(0, len(text)), st.integers(1, 40), kinds)))
+    spans = [PiiSpan(kind, s, min(s + n, len(text))) for s, n, kind in drawn if s < len(text)]
+    return text, merge_spans(spans)
+
+
+@pytest.fixture(scope="module")
+def small_chunker():
+    """Headers on and a small limit: short texts make many chunks, and long words must be cut."""
+    from ragfresh.embedding import Embedder
+
+    return Chunker(Embedder().tokenizer(), 96, "test")
+
+
+@settings(max_examples=80, deadline=None)
+@given(documents(), st.sampled_from(["redact", "block", "allow"]))
+@example(("Ann" + "xq" * 46, [PiiSpan("PERSON", 0, 3)]), "redact")  # a word over the limit
+def test_every_chunk_is_exactly_its_slice_of_the_original_text(small_chunker, document, action):
+    """A chunk stands for text[char_start:char_end]: its text is that slice with each PII span
+    in it replaced by its placeholder (the slice itself when allowed). Each span lies whole in
+    one chunk, so no placeholder is cut and no character of a span reaches any chunk's text.
+    Chunks come in order, never overlap, and only whitespace lies outside them."""
+    text, spans = document
+    chunks = small_chunker.chunk("d.md", text, spans, action)
+    assert bool(chunks) == bool((text if action == "allow" else redact(text, spans)[0]).strip())
+    end = 0
+    for chunk in chunks:
+        assert end <= chunk.char_start < chunk.char_end
+        assert not text[end : chunk.char_start].strip()
+        start, end = chunk.char_start, chunk.char_end
+        inside = [s for s in spans if s.start < end and s.end > start]
+        if action != "allow":
+            assert all(start <= s.start and s.end <= end for s in inside)
+        if action == "block" and inside:
+            assert chunk.text is chunk.embed_text is None
+            continue
+        shifted = [PiiSpan(s.entity_type, s.start - start, s.end - start) for s in inside]
+        original = text[start:end]
+        assert chunk.text == (original if action == "allow" else redact(original, shifted)[0])
+        assert chunk.embed_text.endswith(chunk.text)
+        assert (
+            chunk.token_count
+            == small_chunker.count_tokens(chunk.embed_text)
+            <= small_chunker.max_tokens
+        )
+    assert not text[end:].strip()

@@ -54,8 +54,8 @@ EXPECTED = {
     },
     "retrieval_traces": {
         "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
-        "kinds": ["deltalake"], "tags": {"layer": "audit", "pii": "contains"},
-        "automation": None,
+        "kinds": ["deltalake"], "tags": {"layer": "audit", "pii": "redacted"},
+        "automation": "daily at 03:00",
     },
 }  # fmt: skip
 

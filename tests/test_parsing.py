@@ -1,9 +1,20 @@
+import contextlib
 import io
 
 import docx
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from ragfresh.parsing import ParseError, document_format, parse_document, read_front_matter
+from ragfresh.parsing import (
+    MAX_PDF_PAGES,
+    ParseError,
+    document_format,
+    headings,
+    parse_document,
+    read_front_matter,
+)
 from tests.conftest import BUNDLED
 
 
@@ -30,7 +41,6 @@ def test_front_matter_only_page_is_a_document():
     ("doc_id", "data", "reason"),
     [
         ("a.md", b"---\ntitle: [unclosed\n---\nbody", "malformed YAML front matter"),
-        ("a.md", b"---\n- a\n- b\n---\nbody", "front matter is not a mapping"),
         ("a.txt", b"caf\xe9 au lait", "invalid UTF-8 at byte 3"),
         ("a.txt", b"\x00\x01\x02binary", "binary content"),
         ("a.md", b"  \n\n", "empty file"),
@@ -94,16 +104,106 @@ def test_formats_and_front_matter_only_for_markdown():
     assert read_front_matter("a.md", b"---\nowner: team:x\n---\nbody") == {"owner": "team:x"}
 
 
-def test_a_pdf_with_more_pages_than_the_limit_is_refused_before_it_is_read(monkeypatch):
+def test_a_pdf_with_more_pages_than_the_limit_is_refused_before_it_is_read():
     from pypdf import PdfWriter
 
-    from ragfresh import parsing
-
     writer = PdfWriter()
-    for _ in range(3):
+    for _ in range(MAX_PDF_PAGES + 1):  # the parser process has its own copy of the limit
         writer.add_blank_page(width=200, height=200)
     data = io.BytesIO()
     writer.write(data)
-    monkeypatch.setattr(parsing, "MAX_PDF_PAGES", 2)
-    with pytest.raises(ParseError, match="3 pages, more than the limit of 2"):
+    with pytest.raises(ParseError, match=f"{MAX_PDF_PAGES + 1} pages, more than the limit of"):
         parse_document("big.pdf", data.getvalue())
+
+
+def test_a_leading_horizontal_rule_is_markdown_not_front_matter():
+    for data in (
+        b"---\n\nWelcome: read this first, then: the rest.\n\n---\n\n## Scope\n\nAll staff.\n",
+        b"---\r\n\r\nIntro.\r\n\r\n---\r\n## Scope\r\n",
+        b"---\n- a list\n- between rules\n---\nbody\n",
+        b"---\nno closing rule\n\n## Scope\n",
+    ):
+        doc = parse_document("hr.md", data)
+        assert (doc.front_matter, doc.text) == ({}, data.decode().strip())
+    assert parse_document("hr.md", b"---\n\nIntro\n\n## Scope\n").title == "Scope"
+
+
+def test_front_matter_refuses_yaml_aliases():
+    bomb = b"---\na: &a [x, x]\nb: &b [*a, *a]\ntitle: *b\n---\nbody"
+    with pytest.raises(ParseError, match="YAML alias"):
+        parse_document("bomb.md", bomb)
+
+
+def test_headings_come_from_markdown_structure_not_hash_lines():
+    text = (
+        "```\n# comment in a fence\n```\n\n    # indented code\n\n"
+        "Leave Policy\r\n============\r\n\r\n> # quoted\n\n## *Annual* `leave` ##\n"
+    )
+    assert [(h.level, h.title, text[h.start : h.start + 5]) for h in headings(text)] == [
+        (1, "Leave Policy", "Leave"),
+        (2, "Annual leave", "## *A"),
+    ]
+    assert parse_document("x.md", b"```\n# not a title\n```\n\nbody").title == "x"
+    assert parse_document("x.md", b"Fees\n----\n\nbody").title == "Fees"
+
+
+def test_a_parse_over_the_time_limit_is_stopped_with_the_reason(monkeypatch):
+    pdf = (BUNDLED / "retail" / "mortgage-hardship.pdf").read_bytes()
+    monkeypatch.setenv("RAGFRESH_MAX_PARSE_SECONDS", "0.001")
+    with pytest.raises(ParseError, match=r"more than 0.001 s \(RAGFRESH_MAX_PARSE_SECONDS\)"):
+        parse_document("m.pdf", pdf)
+    monkeypatch.delenv("RAGFRESH_MAX_PARSE_SECONDS")
+    assert "hardship" in parse_document("m.pdf", pdf).text.lower()  # a new parser process
+
+
+FUZZ = hypothesis_settings(max_examples=50, deadline=None)
+MARKDOWN_PIECES = ["---", "title: T", "owner: [a", "# H", "## H ##", "===", "```", "    # c",
+                   "> # q", "- # i", "[r]: /x", "a: &a [1]", "b: *a", "", " ", "\t", "<b>x</b>",
+                   "*", "\\#"]  # fmt: skip
+HTML_PIECES = ["<h1>", "</h1>", "<h3>", "<p>", "<table>", "<tr>", "<th>", "<td>", "</table>",
+               "<script>", "<!--", "<![CDATA[", "&amp;", "&#0;", "<br/>", "<a href='x'>",
+               "<title>", "<ul><li>", "<pre>", "</", ">"]  # fmt: skip
+
+
+@FUZZ
+@given(st.sampled_from(["a.md", "a.txt", "a.html", "a.pdf", "a.docx"]), st.binary(max_size=500))
+def test_random_bytes_raise_nothing_but_parse_error(doc_id, data):
+    with contextlib.suppress(ParseError):
+        parse_document(doc_id, data)
+
+
+@FUZZ
+@given(
+    st.lists(st.one_of(st.sampled_from(MARKDOWN_PIECES), st.text(max_size=20)), max_size=25),
+    st.sampled_from(["\n", "\r\n"]),
+    st.sampled_from(["a.md", "a.txt"]),
+)
+def test_markdown_and_text_come_back_as_their_decoded_text(lines, newline, doc_id):
+    data = newline.join(lines).encode()
+    try:
+        doc = parse_document(doc_id, data)
+    except ParseError:
+        return
+    decoded = data.decode("utf-8-sig").strip()
+    body = decoded.endswith("\n" + doc.text) and decoded.startswith("---")
+    assert doc.text == decoded or body or doc.text == f"# {doc.title}"
+    for heading in headings(doc.text):
+        assert heading.title and (heading.start == 0 or doc.text[heading.start - 1] in "\r\n")
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.sampled_from(HTML_PIECES), st.text(max_size=10)), max_size=30))
+def test_html_fragments_raise_nothing_but_parse_error(parts):
+    with contextlib.suppress(ParseError):
+        parse_document("a.html", "".join(parts).encode())
+
+
+@FUZZ
+@given(st.sampled_from(["retail/mortgage-hardship.pdf", "hr/travel.docx"]), st.data())
+def test_damaged_pdf_and_docx_raise_nothing_but_parse_error(name, data):
+    original = bytearray((BUNDLED / name).read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        original[data.draw(st.integers(0, len(original) - 1))] = data.draw(st.integers(0, 255))
+    damaged = bytes(original[: data.draw(st.integers(1, len(original)))])
+    with contextlib.suppress(ParseError):
+        parse_document(name, damaged)

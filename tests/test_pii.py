@@ -1,6 +1,23 @@
-import pytest
+from itertools import pairwise
 
-from ragfresh.pii import PiiSpan, detect_pii, merge_spans, redact, to_original_offset
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ragfresh import pii
+from ragfresh.chunking import Chunker
+from ragfresh.embedding import Embedder
+from ragfresh.parsing import parse_document
+from ragfresh.pii import (
+    PiiDetectorError,
+    PiiSpan,
+    detect_pii,
+    detector_id,
+    merge_spans,
+    redact,
+    to_original_offset,
+)
+from tests.conftest import BUNDLED
 
 TEXT = (
     "Write to maria.okafor@northwind-bank.com or call (212) 555-0187. "
@@ -54,3 +71,53 @@ def test_overlapping_spans_merge_so_no_tail_stays_unredacted():
     assert redact(text, merged)[0] == "Write to <EMAIL_ADDRESS>"
     apart = [PiiSpan("PERSON", 0, 5), PiiSpan("PERSON", 5, 9)]  # touching is not overlapping
     assert merge_spans(apart) == apart
+
+
+@pytest.mark.parametrize(
+    ("doc_id", "name"),
+    [
+        ("compliance/sanctions-screening.md", "James Whitfield"),
+        ("compliance/complaints-handling.md", "Maria Okafor"),
+    ],
+)
+def test_names_in_the_bundled_policies_never_reach_the_embedded_text(doc_id, name):
+    doc = parse_document(doc_id, (BUNDLED / doc_id).read_bytes())
+    spans = detect_pii(doc.text)
+    assert ("PERSON", name) in {(s.entity_type, doc.text[s.start : s.end]) for s in spans}
+    chunks = Chunker.for_model(Embedder()).chunk(doc_id, doc.text, spans, "redact", doc.title)
+    assert not any(name in c.embed_text or name in c.text for c in chunks)
+    assert any("<PERSON>" in c.embed_text for c in chunks)
+
+
+def test_an_ner_model_that_cannot_load_fails_closed(monkeypatch):
+    monkeypatch.setattr(pii, "NER_MODEL", "no_such_ner_model")
+    pii._analyzer.cache_clear()  # the session's analyzer was built with the real model
+    with pytest.raises(PiiDetectorError, match="no_such_ner_model is not installed"):
+        detector_id()
+    with pytest.raises(PiiDetectorError, match=r"Can't find model.*pip install no_such_ner_model"):
+        detect_pii("Call James Whitfield.")
+
+
+DRAWN = st.lists(
+    st.tuples(st.integers(0, 60), st.integers(1, 20), st.sampled_from(["PERSON", "US_SSN"]))
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=60), DRAWN)
+def test_redaction_offsets_map_every_kept_character_back_to_itself(text, drawn):
+    """Spans merged as `detect_pii` merges them cover what they covered, without overlap; out of
+    its placeholders, the redacted text is the original's characters outside spans, in place."""
+    raw = [PiiSpan(kind, s, min(s + n, len(text))) for s, n, kind in drawn if s < len(text)]
+    spans = merge_spans(raw)
+    covered = {i for s in raw for i in range(s.start, s.end)}
+    assert {i for s in spans for i in range(s.start, s.end)} == covered
+    assert all(a.end <= b.start for a, b in pairwise(spans))
+    redacted, replacements = redact(text, spans)
+    back = [to_original_offset(p, replacements) for p in range(len(redacted) + 1)]
+    inside = {p for r in replacements for p in range(r.redacted_start, r.redacted_end)}
+    kept = [p for p in range(len(redacted)) if p not in inside]
+    assert [back[p] for p in kept] == sorted(set(range(len(text))) - covered)
+    assert all(text[back[p]] == redacted[p] for p in kept)
+    ends = [(back[r.redacted_start], back[r.redacted_end]) for r in replacements]
+    assert ends == [(s.start, s.end) for s in spans] and back[-1] == len(text)
