@@ -186,10 +186,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Headless Chromium (Debian's, at /usr/bin/chromium) under Playwright's sync API, started
-    once for the session."""
+    once per module: its event loop runs in this thread until stopped, and the next module's
+    tests may call `asyncio.run()`."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():

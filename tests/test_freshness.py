@@ -63,8 +63,9 @@ def test_a_document_not_chunked_is_not_counted_as_embedded(small_settings):
 
 
 def test_a_blocked_release_leaves_documents_late_with_their_owners(small_settings):
-    settings = replace(small_settings, freshness_slo=60.0)
-    result = refresh(settings, HashEmbedder(), "hash")  # random vectors fail the first gate
+    strict = replace(small_settings.gate, min_hit_at_5=1.0, min_evidence_recall_at_5=1.0)
+    settings = replace(small_settings, freshness_slo=60.0, gate=strict)
+    result = refresh(settings, HashEmbedder(), "hash")  # random vectors miss a perfect gate
     assert result["eval"]["verdict"] == "blocked" and not result["release"]["published"]
     owners = dict(read_documents(settings).select("doc_id", "owners").iter_rows())
     now = datetime.now(tz=UTC)

@@ -24,6 +24,8 @@ from ragfresh.vectors import open_vectors, vector_gaps
 from tests.conftest import BUNDLED, ENVIRONMENT, SMALL, keep_only
 from tests.test_evaluation import GOLDEN, write_golden
 
+pytestmark = pytest.mark.xdist_group("reports")  # its module fixture builds a home
+
 UNOWNED_DOC = "operations/business-continuity.txt"  # no OWNERS rule matches operations/
 HELD = "compliance/sanctions-screening.md"
 PENDING = "retail/card-disputes.md"  # ingested after the last refresh: waiting to be served
