@@ -320,6 +320,11 @@ def _search(settings: Settings, args: argparse.Namespace) -> int:
                   f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip
             print("     " + " ".join(hit.text.split())[:200])
     sys.stdout.flush()  # the answers first: redacting the questions for their traces loads Presidio
+    if "torch" not in sys.modules:
+        # spaCy and Presidio import torch when it is installed, though their NER runs without it:
+        # kept out here, where nothing else needs it, the trace is written seconds sooner.
+        sys.modules["torch"] = None  # type: ignore[assignment]
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # "PyTorch was not found"
     from ragfresh.trace_store import write_traces
 
     write_traces(settings, traces, run_id=f"search:{args.caller}")

@@ -30,6 +30,7 @@ from ragfresh.api_keys import ApiKeys, key_id
 from ragfresh.batching import Batcher
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+from ragfresh.pii import detect_pii
 from ragfresh.query_encoder import prepared_encoder
 from ragfresh.releases import read_releases, served_release
 from ragfresh.search import (
@@ -190,6 +191,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(model.load)  # the first request must not wait for it
+        await run_in_threadpool(detect_pii, "")  # nor its trace for the question's redaction
         try:
             await run_in_threadpool(served.current)
         except IndexNotBuiltError as exc:  # start anyway: the first release will be picked up
