@@ -83,16 +83,16 @@ def _record_rules(settings: Settings, run_id: str) -> None:
     if delta is None:
         return
     now = {c: settings.pii_action(c) for c in CLASSIFICATIONS}
+    applied = json.dumps(now, sort_keys=True)
     recorded = delta.metadata().configuration.get(APPLIED_PII_RULES)
-    if recorded == json.dumps(now, sort_keys=True):
+    if recorded == applied:
         return
     before = json.loads(recorded) if recorded else now
     tightened = [c for c in CLASSIFICATIONS if before.get(c) == "allow" and now[c] != "allow"]
+    marks = {APPLIED_PII_RULES: applied}
     if tightened:
         log.warning("PII rules tightened for %s: forgetting raw chunk history", tightened)
         delta_store.forget_history(uri, run_id)
-    marks = {APPLIED_PII_RULES: json.dumps(now, sort_keys=True)}
-    if tightened:
         marks[RAW_PII_IN_VECTOR_HISTORY] = "true"
     delta_store.set_properties(delta_store.open_table(uri), marks, run_id)  # history gone first
 

@@ -4,7 +4,6 @@ version and release, its receipts in traces and evaluations, and the owners' rep
 from __future__ import annotations
 
 import getpass
-import hashlib
 import logging
 import shutil
 import uuid
@@ -19,6 +18,7 @@ from ragfresh.config import Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.locks import writer_lock
 from ragfresh.reports import reports_dir
+from ragfresh.sources import sha256_bytes
 from ragfresh.sql import literal
 from ragfresh.tables import (
     DOCUMENT_FRESHNESS,
@@ -117,7 +117,7 @@ def _chunks_or_vectors(settings: Settings, doc_id: str) -> bool:
 def _refuse_reingestion(settings: Settings, doc_id: str, stored: set[str]) -> None:
     """The file must be gone or changed: the next refresh would ingest the same text again."""
     path = settings.policies / doc_id
-    if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() in stored:
+    if path.is_file() and sha256_bytes(path.read_bytes()) in stored:
         raise PurgeError(
             f"{path} still holds a stored version of {doc_id}: the next refresh would ingest "
             "it again. Remove or edit the file first, then purge."
