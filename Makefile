@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed-stamp
 # The browser tests drive Debian's chromium through Playwright (never `playwright install`,
 # which downloads a browser build of its own).
 CHROMIUM := /usr/bin/chromium
+# The end-to-end test runs the Dagster instance of deploy/dagster.yaml on Debian's PostgreSQL
+# server, which it starts itself (tests/postgres.py); the version is part of the path.
+POSTGRES := /usr/lib/postgresql/*/bin/postgres
 
-.PHONY: install browser run test lint dev benchmark clean
+.PHONY: install browser postgresql run test lint dev benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +32,17 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+postgresql:
+	@if ls $(POSTGRES) >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "error: $(POSTGRES) is missing; the end-to-end test needs Debian's postgresql:" \
+			"run 'sudo apt-get install postgresql' (or 'make postgresql' as root)" >&2; \
+		exit 1; \
+	fi; \
+	set -ex; \
+	apt-get update; \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
+
 run: install
 	$(BIN)/ragfresh run
 
@@ -36,7 +50,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint browser
+test: lint browser postgresql
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest
 

@@ -3,6 +3,7 @@ nobody clicking, under `ragfresh dev` (the Dagster webserver and daemon and thei
 
     .venv/bin/python benchmarks/edit_to_served.py [--corpus ../shared/corpora/18f-handbook/]
         [--golden FILE] [--timeout 300] [--out benchmarks/results/edit_to_served.json]
+        [--instance-config deploy/dagster.yaml]
 
 It copies the corpus to a temporary folder, builds it once with `ragfresh run`, starts
 `ragfresh dev` on a free port of 127.0.0.1, waits for the webserver and the sensors, makes one
@@ -12,7 +13,8 @@ appended to a page) and then times, from the moment the file was saved: the run 
 (ingested, chunked, embedded, evaluated, published) and the first `ragfresh search` that
 returns the new text from a newer release (served); also when the search service started
 beside the UI (`dev --serve`) first answers with it. The dev server is always stopped, by its
-own process group.
+own process group. `--instance-config` runs the Dagster instance on that dagster.yaml instead of
+ragfresh's own (deploy/dagster.yaml: on Postgres, from the DAGSTER_PG_* variables).
 """
 
 from __future__ import annotations
@@ -565,17 +567,27 @@ def prepare_copy(corpus: Path, workdir: Path, edit: Edit) -> Path:
 
 
 def measure(
-    corpus: Path, golden: Path, workdir: Path, timeout: float, edit: Edit | None = None
+    corpus: Path,
+    golden: Path,
+    workdir: Path,
+    timeout: float,
+    edit: Edit | None = None,
+    instance_config: Path | None = None,
 ) -> dict[str, Any]:
     """Build the corpus, start `ragfresh dev`, edit one page and time each stage until search
-    serves the edit; the figures. The dev server is stopped whatever happens."""
+    serves the edit; the figures. The dev server is stopped whatever happens. The Dagster
+    instance runs on `instance_config` (a dagster.yaml) when given, else on ragfresh's own."""
     corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
     date = datetime.now(tz=UTC).isoformat(timespec="seconds")
     where = machine()  # before anything starts: the load others put on it
     edit = edit or choose_edit(corpus)
     workdir.mkdir(parents=True, exist_ok=True)
     policies = prepare_copy(corpus, workdir, edit)
-    env = pipeline_env(workdir / "home", policies, golden)
+    home = workdir / "home"
+    if instance_config is not None:
+        (home / "dagster").mkdir(parents=True)  # ragfresh keeps a dagster.yaml it did not write
+        shutil.copyfile(instance_config, home / "dagster" / "dagster.yaml")
+    env = pipeline_env(home, policies, golden)
     build_seconds, summary = build(env, workdir / "build.log")
     before = search(env, edit.question, STARTUP_TIMEOUT_SECONDS)
     if serves(before, edit.new_text):
@@ -665,11 +677,16 @@ def main() -> int:
     parser.add_argument("--golden", type=Path, help="default: the corpus's golden cases")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, edit to served")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--instance-config", type=Path, help="a dagster.yaml, e.g. deploy/dagster.yaml"
+    )
     args = parser.parse_args()
     golden = args.golden or default_golden(args.corpus)
     workdir = Path(tempfile.mkdtemp(prefix="ragfresh-edit-to-served-"))
     try:
-        figures = measure(args.corpus, golden, workdir, args.timeout)
+        figures = measure(
+            args.corpus, golden, workdir, args.timeout, instance_config=args.instance_config
+        )
     except BenchmarkError as exc:
         print(f"edit_to_served: error: {exc}\n(work folder kept: {workdir})", file=sys.stderr)
         return 1

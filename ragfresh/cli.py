@@ -22,6 +22,7 @@ from ragfresh.errors import ConfigError, PoliciesNotFoundError, RagfreshError
 from ragfresh.freshness import freshness_summary
 from ragfresh.golden import load_golden
 from ragfresh.holds import describe_hold, held_summary
+from ragfresh.locks import lock_location
 
 # Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
 # refresh with nothing to do should not wait for them.
@@ -125,6 +126,8 @@ def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
     else:
         print(f"ragfresh run {summary['run_id']} over {settings.policies}")
     print(f"  state: {settings.home} (Dagster instance: {settings.dagster_home})")
+    print(f"  lake: {settings.lake_uri}; vectors: {settings.vectors_uri}; "
+          f"writer locks: {lock_location(settings)}")  # fmt: skip
     for stage, keys in (("documents", DOCUMENT_COUNTS), ("chunks", CHUNK_COUNTS)):
         print(f"  {stage}: " + ", ".join(f"{k} {summary[stage][k]}" for k in keys))
     v = summary["vectors"]

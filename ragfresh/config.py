@@ -136,6 +136,11 @@ class Settings:
     def locks(self) -> Path:
         return self.home / "locks"
 
+    @property
+    def lake_is_local(self) -> bool:
+        """True when the lake is on this machine's disk, not in object storage."""
+        return self.lake_uri.startswith("file://") or "://" not in self.lake_uri
+
     def table_uri(self, name: str) -> str:
         return f"{self.lake_uri.rstrip('/')}/{name}"
 

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 from tokenizers import Tokenizer
 
 from ragfresh.config import Settings
@@ -134,9 +135,16 @@ class ExportError(RagfreshError):
 
 def export_onnx(settings: Settings, embedder: Embedder) -> Export:
     """Export the model to ONNX once per model id, verify it against torch on `SAMPLES`, and
-    only then move it where `load_onnx` finds it."""
-    started = time.perf_counter()
+    only then move it where `load_onnx` finds it. Processes sharing the model cache export
+    one at a time: the next finds the export."""
     directory = encoder_dir(settings, embedder.model_id)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(directory.with_name(f".{directory.name}.lock")):
+        return _export_once(embedder, directory)
+
+
+def _export_once(embedder: Embedder, directory: Path) -> Export:
+    started = time.perf_counter()
     verified = directory / VERIFIED_FILE
     if verified.exists():
         known = json.loads(verified.read_text())

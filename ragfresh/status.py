@@ -9,6 +9,8 @@ from ragfresh.chunks import chunking_id, oversized_chunks, read_chunks, unchunke
 from ragfresh.config import Settings
 from ragfresh.documents import read_documents
 from ragfresh.embedding import Embedder
+from ragfresh.locks import lock_location
+from ragfresh.reports import reports_dir
 from ragfresh.vectors import open_vectors, reconcile
 
 
@@ -21,6 +23,10 @@ def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
     config_id = chunking_id(settings, chunker)
     return {
         "home": str(settings.home),
+        "lake": settings.lake_uri,
+        "vectors_uri": settings.vectors_uri,
+        "locks": lock_location(settings),
+        "reports": str(reports_dir(settings)),
         "documents": documents.height,
         "chunks": chunks.height,
         "blocked_chunks": int((chunks["pii_action"] == "blocked").sum()),

@@ -302,6 +302,21 @@ PURGE_AUDIT = TableDef(
     ]),
 )  # fmt: skip
 
+# Not a governed table of TABLES: it holds who writes which table now, and no history matters.
+WRITER_LEASES = TableDef(
+    name="_writer_leases",
+    description="Who writes each table now, until when: the single writer across machines.",
+    owner="team:data-platform",
+    key=("table_name",),
+    schema=pa.schema([
+        col("table_name", pa.string(), "The table the holder alone may write"),
+        col("holder", pa.string(), "host:pid:random of the process that holds the lease"),
+        col("acquired_at", TS, "When the holder took or last renewed the lease"),
+        col("expires_at", TS, "When another process may take it, unless it is renewed"),
+    ]),
+)  # fmt: skip
+
+
 TABLES = {
     t.name: t
     for t in (

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import subprocess
 import sys
 
@@ -51,7 +52,8 @@ def test_an_export_that_differs_from_torch_is_never_trusted(own_cache, embedder,
     with pytest.raises(ExportError, match="differs from torch"):
         export_onnx(own_cache, embedder)
     assert load_onnx(own_cache, embedder) is None
-    assert not any(own_cache.model_cache.iterdir()), "nothing half-made is left behind"
+    left = [p.name for p in own_cache.model_cache.iterdir() if p.suffix != ".lock"]
+    assert not left, "nothing half-made is left behind (the exporters' lock file may stay)"
 
 
 def test_encoding_with_the_export_imports_no_torch(settings, embedder):
@@ -67,3 +69,31 @@ def test_encoding_with_the_export_imports_no_torch(settings, embedder):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["(1,", "384)", "False"]
+
+
+EXPORTER = """
+import sys
+from ragfresh.config import Settings
+from ragfresh.embedding import Embedder
+from ragfresh.query_encoder import export_onnx
+print(export_onnx(Settings.load(), Embedder()).exported)
+"""
+
+
+def test_two_processes_sharing_a_model_cache_export_once(settings, tmp_path):
+    """Two machines' refreshes may share `RAGFRESH_MODEL_CACHE`: one exports, the other waits
+    and finds the export (they raced on one staging folder and one of them failed)."""
+    env = {"RAGFRESH_MODEL_CACHE": str(tmp_path / "shared-models")}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", EXPORTER],
+            env={**os.environ, **env, "RAGFRESH_HOME": str(tmp_path / home)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for home in ("a", "b")
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(out.strip() for out, _ in outputs) == ["False", "True"]

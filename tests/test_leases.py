@@ -1,0 +1,71 @@
+"""Writer leases in the lake: one holder at a time, taken over once expired, lost loudly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from ragfresh import delta_store, leases
+from ragfresh.config import Settings
+from ragfresh.tables import WRITER_LEASES, empty_frame
+
+
+def stored_lease(settings: Settings, holder: str, expires_in: float) -> None:
+    """A lease row as another process (maybe crashed) left it."""
+    now = datetime.now(tz=UTC)
+    row = {
+        "table_name": "t",
+        "holder": holder,
+        "acquired_at": now,
+        "expires_at": now + timedelta(seconds=expires_in),
+    }
+    frame = pl.DataFrame([row], schema=empty_frame(WRITER_LEASES).schema)
+    uri = settings.table_uri(WRITER_LEASES.name)
+    delta_store.merge(WRITER_LEASES, uri, frame, "test", delta_store.upsert)
+
+
+def holders(settings: Settings) -> list[str]:
+    uri = settings.table_uri(WRITER_LEASES.name)
+    return delta_store.read_table(uri, WRITER_LEASES.schema)["holder"].to_list()
+
+
+def test_one_holder_at_a_time_and_a_holder_may_take_it_again(settings: Settings):
+    inside: list[str] = []
+    first_in = threading.Event()
+
+    def second() -> None:
+        first_in.wait()
+        with leases.lease(settings, "t"):
+            inside.append("second")
+
+    other = threading.Thread(target=second)
+    other.start()
+    with leases.lease(settings, "t"):
+        with leases.lease(settings, "t"):  # the same thread again: no wait on itself
+            inside.append("first")
+        first_in.set()
+        time.sleep(3 * leases.POLL_SECONDS)
+        assert inside == ["first"]  # the other thread still waits
+    other.join(timeout=30)
+    assert inside == ["first", "second"]
+    assert holders(settings) == []  # released
+
+
+def test_an_expired_lease_of_a_crashed_holder_is_taken_over(settings: Settings):
+    stored_lease(settings, "crashed-host:1:dead", expires_in=-1)
+    with leases.lease(settings, "t"):
+        [holder] = holders(settings)
+        assert not holder.startswith("crashed-host")
+
+
+def test_a_lease_lost_while_writing_fails_the_writer(settings, monkeypatch):
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.5)  # renewed every half second
+    lost = pytest.raises(leases.LeaseLostError, match="expired while this process wrote")
+    with lost, leases.lease(settings, "t"):
+        stored_lease(settings, "other-host:2:taker", expires_in=60)  # as after a long pause
+        time.sleep(2)
+    assert holders(settings) == ["other-host:2:taker"]  # the new holder's lease is left alone
