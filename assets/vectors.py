@@ -31,7 +31,7 @@ def policy_vectors(
     context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
 ):
     """Embed only (text, model) pairs not yet embedded; delete what left; keep indexes fresh."""
-    settings, model = ragfresh.settings(), embedder.embedder()
+    settings, model = ragfresh.settings(), embedder.bulk_embedder()
     result = sync_vectors(settings, model)
     context.log.info("policy_vectors: %s", result)
     yield dg.MaterializeResult(

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
+from ragfresh.embedding import Embedder, make_embedder
 
 
 class RagfreshResource(dg.ConfigurableResource):
@@ -25,5 +25,14 @@ class EmbedderResource(dg.ConfigurableResource):
 
     model_path: str | None = None
 
+    def _path(self) -> Path | None:
+        return Path(self.model_path) if self.model_path else None
+
     def embedder(self) -> Embedder:
-        return Embedder(Path(self.model_path) if self.model_path else None)
+        """The model in this process: for questions, evaluation and the model's id."""
+        return Embedder(self._path())
+
+    def bulk_embedder(self) -> Embedder:
+        """What a refresh embeds its new texts with: on the Ray cluster at
+        `RAGFRESH_RAY_ADDRESS` when it is set (`make_embedder`), else in this process."""
+        return make_embedder(self._path())

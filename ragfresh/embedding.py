@@ -1,4 +1,5 @@
-"""The embedding model: found in its PyPI package, identified by a hash, loaded once, offline."""
+"""The embedding model: found in its PyPI package, identified by a hash, loaded once, offline;
+run in this process, or on a Ray cluster when `RAGFRESH_RAY_ADDRESS` names one."""
 
 from __future__ import annotations
 
@@ -118,3 +119,15 @@ class Embedder:
             if progress:
                 progress(start + len(block), len(texts))
         return out
+
+
+def make_embedder(path: Path | None = None) -> Embedder:
+    """The embedder refreshes encode with: a `RayEmbedder` on the cluster at
+    `RAGFRESH_RAY_ADDRESS` (`local`: a single node on 127.0.0.1) when it is set, else the model
+    in this process, and Ray is never imported."""
+    address = os.environ.get("RAGFRESH_RAY_ADDRESS")
+    if not address:
+        return Embedder(path)
+    from ragfresh.ray_embedding import RayEmbedder
+
+    return RayEmbedder(address, path=path)
