@@ -62,6 +62,7 @@ benchmark: install
 	$(BIN)/python benchmarks/retrieval.py
 	$(BIN)/python benchmarks/edit_to_served.py
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf .ragfresh
