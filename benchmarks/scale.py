@@ -37,6 +37,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections import Counter
@@ -416,6 +417,8 @@ def main() -> int:
     if args.actors and importlib.util.find_spec("ragfresh.ray_embedding") is None:
         parser.error("ragfresh.ray_embedding is not there: --actors '' measures without Ray")
     os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # index stats without them
+    # A terminated run still removes its work folder (gigabytes at 1M rows) in `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     work = Path(tempfile.mkdtemp(prefix="ragfresh-scale-"))
     try:
         figures = measure(args, work)
