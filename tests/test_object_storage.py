@@ -26,7 +26,7 @@ from ragfresh.pipeline import refresh
 from ragfresh.purge import purge_document
 from ragfresh.releases import read_audit, read_releases, rollback
 from ragfresh.search import search
-from ragfresh.tables import EVAL_RUNS
+from ragfresh.tables import EVAL_RUNS, WRITER_LEASES
 from ragfresh.trace_store import read_traces
 from ragfresh.vectors import open_vectors, reconcile
 from tests.s3 import S3Server, s3_server
@@ -186,4 +186,4 @@ def test_two_refreshes_on_two_machines_at_once_leave_one_index_and_one_release(
     assert status["home"] == str(homes[0]) and status["reports"] == str(homes[0] / "reports")
     assert status["lake"] == s3_settings.lake_uri
     assert status["vectors_uri"] == s3_settings.vectors_uri
-    assert status["locks"] == s3_settings.table_uri("_writer_leases")
+    assert status["locks"] == s3_settings.table_uri(WRITER_LEASES.name)
