@@ -9,6 +9,8 @@ CHROMIUM := /usr/bin/chromium
 # The end-to-end test runs the Dagster instance of deploy/dagster.yaml on Debian's PostgreSQL
 # server, which it starts itself (tests/postgres.py); the version is part of the path.
 POSTGRES := /usr/lib/postgresql/*/bin/postgres
+# The Ray test lists the sockets its local cluster listens on with iproute2's `ss`.
+SS := /usr/bin/ss
 
 .PHONY: install browser postgresql run test lint dev benchmark clean
 
@@ -32,6 +34,15 @@ $(CHROMIUM):
 
 browser: $(CHROMIUM)
 
+$(SS):
+	@if [ "$$(id -u)" != 0 ]; then \
+		echo "error: $(SS) is missing; the Ray test needs Debian's iproute2:" \
+			"run 'sudo apt-get install iproute2' (or 'make $(SS)' as root)" >&2; \
+		exit 1; \
+	fi
+	apt-get update
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2
+
 postgresql:
 	@if ls $(POSTGRES) >/dev/null 2>&1; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ]; then \
@@ -50,7 +61,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint browser postgresql
+test: lint browser postgresql $(SS)
 	$(BIN)/dagster definitions validate -w workspace.yaml
 	$(BIN)/pytest
 

@@ -52,6 +52,7 @@ def policy_chunks(
             "updated": result.updated,
             "deleted": result.deleted,
             "blocked": result.blocked,
+            "rescan_changed": result.rescan_changed,
             "largest_chunk_tokens": result.largest_chunk_tokens,
             "held": len(result.held),
             "dagster/row_count": result.total_chunks,

@@ -11,7 +11,9 @@ from ragfresh.tables import EVAL_RUNS
 
 
 @dg.asset(
-    deps=["regression_eval"],
+    # After the publication step, which runs for a blocked candidate too (it keeps the release
+    # serving): the pages show what search serves now, and the answers its publication affected.
+    deps=["served_index", "answer_impact"],
     group_name="reporting",
     owners=[EVAL_RUNS.owner],
     kinds={"html"},
@@ -23,7 +25,8 @@ def quality_reports(
 ):
     """Write one HTML page per data owner about their own documents (held back, late, badly
     embedded, evaluation cases that fail or moved, PII types found) and an index of owners,
-    under `<home>/reports`. No document text or PII value is written."""
+    under `<home>/reports`, each saying which release is served and which candidate waits.
+    No document text or PII value is written."""
     settings = ragfresh.settings()
     reports = build_reports(settings, embedder.embedder().model_id)
     owners = pl.DataFrame(
@@ -32,13 +35,20 @@ def quality_reports(
             for r in reports.owners
         ]
     )
-    context.log.info("quality_reports: %d pages under %s", len(reports.owners), reports.directory)
+    served = reports.release["published"]
+    context.log.info(
+        "quality_reports: %d pages under %s, release %s served",
+        len(reports.owners),
+        reports.directory,
+        served["release"] if served else "none",
+    )
     return dg.MaterializeResult(
         metadata={
             "index": dg.MetadataValue.path(str(reports.index)),
             **{f"report/{r.slug}": dg.MetadataValue.path(str(r.path)) for r in reports.owners},
             "owners": markdown_table(owners, limit=200),
             "owners_needing_action": sum(1 for r in reports.owners if r.total),
+            "release": served["release"] if served else None,
             "data_docs": dg.MetadataValue.path(str(reports.data_docs))
             if reports.data_docs
             else "not built",

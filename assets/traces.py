@@ -1,5 +1,6 @@
 """Search receipts: `retrieval_traces` is written by every search; materializing it enforces
-the retention (`RAGFRESH_TRACE_RETENTION_DAYS`), in every refresh and once a day."""
+the retention (`RAGFRESH_TRACE_RETENTION_DAYS`) on them and on their rows of `answer_impact`,
+in every refresh and once a day."""
 
 import dagster as dg
 
@@ -18,13 +19,13 @@ DAILY = (
     deps=["served_index"],
     description=RETRIEVAL_TRACES.description
     + " Written by `ragfresh search`, `search()` and the service, the question redacted;"
-    " materializing it deletes traces past their retention.",
+    " materializing it deletes traces past their retention, and their answer_impact rows.",
     automation_condition=DAILY,
     **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )
 def retrieval_traces(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
     settings = ragfresh.settings()
-    counts = prune_traces(settings, run_id=context.run_id)
+    counts = prune_traces(settings, run_id=context.run.run_id)
     context.log.info(
         "retrieval_traces: %d past %d days deleted, %d kept",
         counts["deleted"],

@@ -9,11 +9,23 @@ import dagster as dg
 # less than 5 has no effect.
 INTERVAL_SECONDS = int(os.environ.get("RAGFRESH_SENSOR_INTERVAL", "5"))
 
+# An upstream update made by a run. `stale_embeddings_sensor` confirms `served_index` for its
+# freshness policy with a materialization no run made: nothing downstream changed with it.
+DEPS_UPDATED_BY_A_RUN = dg.AutomationCondition.any_deps_match(
+    (
+        dg.AutomationCondition.newly_updated()
+        & dg.AutomationCondition.any_new_update_has_run_tags()
+        & ~dg.AutomationCondition.executed_with_root_target()
+    )
+    | dg.AutomationCondition.will_be_requested()
+).with_label("any_deps_updated_by_a_run")
+
 # `eager()` alone would materialize past an upstream blocking check that failed in an
 # earlier run: a failed check keeps what it guards from flowing on.
 FOLLOWS_UPSTREAM = (
-    dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-).with_label("eager, upstream blocking checks passed")
+    dg.AutomationCondition.eager().replace("any_deps_updated", DEPS_UPDATED_BY_A_RUN)
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("eager after runs, upstream blocking checks passed")
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "ragfresh_automation",

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer
 from ragfresh.embedding import Embedder
 from ragfresh.parsing import headings
 from ragfresh.pii import PiiSpan, detect_pii, redact, to_original_offset
+from ragfresh.pii_allow import NO_ALLOW, AllowList
 
 CHUNKER_VERSION = "4"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")  # what `ragfresh.pii.redact` writes
@@ -117,13 +118,21 @@ class Chunker:
         return header[: encoding.offsets[HEADER_TOKENS - 3][1]]
 
     def chunk(
-        self, doc_id: str, text: str, spans: list[PiiSpan], pii_action: str, title: str = ""
+        self,
+        doc_id: str,
+        text: str,
+        spans: list[PiiSpan],
+        pii_action: str,
+        title: str = "",
+        allow: AllowList = NO_ALLOW,
     ) -> list[Chunk]:
         """Chunks of one document; PII redacted (or the chunk blocked, or allowed) by rule. What
-        is embedded is the chunk's context header, then its text, within the model's limit."""
+        is embedded is the chunk's context header, then its text, within the model's limit.
+        `spans` were detected in the text with the allow list `allow`; the title (often front
+        matter, not in the text) is detected with the same list, so both keep the same terms."""
         working, replacements = (text, []) if pii_action == "allow" else redact(text, spans)
         if title and pii_action != "allow":
-            title = redact(title, detect_pii(title))[0]
+            title = redact(title, detect_pii(title, allow))[0]
         positions, paths = _heading_paths(working)
         headers = [self._clip(context_header(title, p)) if self.context else "" for p in paths]
         base = self._clip(title) if self.context else ""

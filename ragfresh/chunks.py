@@ -23,6 +23,7 @@ from ragfresh.holds import (
 )
 from ragfresh.locks import writer_lock
 from ragfresh.pii import PiiDetectorError, PiiSpan
+from ragfresh.pii_allow import AllowList, load_allow_list
 from ragfresh.sql import in_list
 from ragfresh.tables import POLICY_CHUNKS, empty_frame
 
@@ -42,6 +43,7 @@ class ChunkResult:
     blocked: int
     total_chunks: int
     largest_chunk_tokens: int
+    rescan_changed: int  # new chunks of rescanned documents: text a detector change redacted anew
     held: list[dict] = field(default_factory=list)  # doc_id, doc_version, owners, reasons
 
 
@@ -97,7 +99,9 @@ def _record_rules(settings: Settings, run_id: str) -> None:
     delta_store.set_properties(delta_store.open_table(uri), marks, run_id)  # history gone first
 
 
-def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str) -> list:
+def _rows(
+    settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str, allow: AllowList
+) -> list:
     spans = [PiiSpan(**s) for s in doc["pii_spans"]]
     action = settings.pii_action(doc["classification"])
     return [
@@ -113,8 +117,22 @@ def _rows(settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_i
             "chunker_id": config_id,
             "run_id": run_id,
         }
-        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action, doc["title"] or "")
+        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action, doc["title"] or "", allow)
     ]
+
+
+def _rescan_changed(settings: Settings, stale: pl.DataFrame, new_chunks: pl.DataFrame) -> int:
+    """Chunks of documents versioned only by a rescan (PII detector or allow list changed) whose
+    redacted text is new: chunk ids are text-addressed, so these are the ones embedded anew."""
+    rescanned = stale.filter(pl.col("change") == "rescanned")["doc_id"]
+    if rescanned.is_empty():
+        return 0
+    known = read_chunks(settings, ["chunk_id"])["chunk_id"]
+    return new_chunks.filter(
+        pl.col("doc_id").is_in(rescanned.implode())
+        & ~pl.col("chunk_id").is_in(known.implode())
+        & (pl.col("pii_action") != "blocked")
+    ).height
 
 
 def refresh_chunks(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
@@ -134,11 +152,12 @@ def _refresh(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     stale = unchunked_documents(settings, documents, config_id)
     chunked = read_chunks(settings, ["doc_id", "doc_version"]).unique()
     removed = sorted(set(chunked["doc_id"]) - set(documents["doc_id"]))
+    allow = load_allow_list(settings.pii_allow_file)[0]  # as the documents were scanned with
     rows: list[dict] = []
     crashed: dict[str, str] = {}
     for number, doc in enumerate(stale.iter_rows(named=True), start=1):
         try:
-            rows += _rows(settings, chunker, doc, config_id, run_id)
+            rows += _rows(settings, chunker, doc, config_id, run_id, allow)
         except PiiDetectorError:  # the detector, not the document: stop before anything is embedded
             raise
         except Exception as exc:  # one document's failure must not stop the others
@@ -154,6 +173,7 @@ def _refresh(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     write_holds(settings, pl.concat([standing_holds(settings, documents, attempt), held]), run_id)
     done = sorted(set(stale["doc_id"]) - set(held["doc_id"]))
     touched = sorted(set(done) | set(removed))
+    rescan_changed = _rescan_changed(settings, stale, new_chunks)
     metrics = {}
     if touched:
         metrics = delta_store.merge(
@@ -177,5 +197,6 @@ def _refresh(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
         blocked=int((new_chunks["pii_action"] == "blocked").sum()),
         total_chunks=read_chunks(settings, ["chunk_id"]).height,
         largest_chunk_tokens=int(new_chunks["token_count"].max() or 0),
+        rescan_changed=rescan_changed,
         held=held.select("doc_id", "doc_version", "owners", "reasons").to_dicts(),
     )

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import itertools
 import json
 import logging
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
@@ -23,6 +25,9 @@ from ragfresh.freshness import freshness_summary
 from ragfresh.golden import load_golden
 from ragfresh.holds import describe_hold, held_summary
 from ragfresh.locks import lock_location
+
+if TYPE_CHECKING:
+    from ragfresh.impact import AffectedAnswer, AffectedHit, Impact, Reasked
 
 # Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
 # refresh with nothing to do should not wait for them.
@@ -34,11 +39,19 @@ CHECK_OUTCOMES = {
     "failed": "FAILED",
     "blocked": "FAILED (later stages skipped)",
 }
-CHUNK_COUNTS = ("documents_rechunked", "inserted", "updated", "deleted", "blocked")
+CHUNK_COUNTS = (
+    *("documents_rechunked", "inserted", "updated", "deleted", "blocked"),
+    "rescan_changed",  # chunks whose redacted text a PII rescan changed: embedded again
+)
 VECTOR_COUNTS = ("embedded", "reused", "deleted")
 SHOWN_SKIPPED = 5
 SERVICE_PORT = 8000
 GOLDEN_HELP = "golden cases file (default: $RAGFRESH_GOLDEN_CASES or evals/golden_cases.csv)"
+SIDE = 48  # characters of each column when old and new text are shown side by side
+REASK_NOTE = (
+    "only redacted questions are stored, so they were asked again as stored: a placeholder "
+    "such as <PERSON> stands where the person wrote a name"
+)
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
@@ -112,10 +125,11 @@ def _refresh(settings: Settings) -> dict[str, Any]:
 
 
 def _reports_summary(reports: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Where the owners' reports are and how many owners have something to act on."""
+    """Where the owners' reports are, the release they describe, and how many owners have
+    something to act on."""
     if not reports:
         return None
-    return {"index": reports["index"], "owners_needing_action": reports["owners_needing_action"]}
+    return {k: reports.get(k) for k in ("index", "release", "owners_needing_action")}
 
 
 def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
@@ -146,8 +160,8 @@ def _print_run(settings: Settings, summary: dict[str, Any]) -> None:
     print(f"  release: {release['message']}")
     if summary.get("reports"):
         reports = summary["reports"]
-        print(f"  reports: {reports['index']} ({reports['owners_needing_action']} owners with "
-              "something to act on)")  # fmt: skip
+        print(f"  reports: {reports['index']} (release {reports.get('release') or 'none'} served; "
+              f"{reports['owners_needing_action']} owners with something to act on)")  # fmt: skip
     _print_freshness(summary["freshness"])
     checks_from = f" (from run {since})" if since else ""
     for check, outcome in summary["checks"].items():
@@ -368,6 +382,78 @@ def _trace(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _impact(settings: Settings, args: argparse.Namespace) -> int:
+    from ragfresh.impact import impact, parse_since, reask
+
+    since = parse_since(args.since) if args.since is not None else None
+    found = impact(settings, args.release, since, owner=args.owner, caller=args.caller)
+    reasked = None
+    if args.reask:
+        from ragfresh.query_encoder import query_encoder
+
+        reasked = reask(settings, query_encoder(settings, Embedder()), found)
+    if args.json:
+        entry = found.to_dict(reasked)
+        if reasked is not None:
+            entry["reask_note"] = REASK_NOTE
+        print(json.dumps(entry))
+        return 0
+    _print_impact(found, reasked or {})
+    return 0
+
+
+def _print_impact(found: Impact, reasked: dict[str, Reasked]) -> None:
+    """The impact grouped by owner, then document, with old and new text side by side."""
+    if found.publications:
+        last = found.publications[-1]
+        print(f"impact of {len(found.publications)} publication(s) up to release {found.release}"
+              f" ({last.action} at {last.at.isoformat(timespec='seconds')}),"
+              f" compared with release {found.previous_release}")  # fmt: skip
+    if found.not_kept:
+        print(f"  not judged: releases {found.not_kept} are no longer kept (erased since)")
+    totals = found.totals()
+    if not totals["answers"]:
+        print("No earlier answer is affected: every text they quoted is still served there.")
+        return
+    print(f"{totals['answers']} earlier answers affected ({totals['new_answers']} first by this"
+          f" publication), {totals['hits']} hits, in {totals['documents']} documents")  # fmt: skip
+    if reasked:
+        print(f"note: {REASK_NOTE}")
+    answers = found.answers
+    for owner in sorted({o for d in found.documents for o in d.owners or ["(unowned)"]}):
+        print(f"\n{owner}")
+        for document in found.documents:
+            if not document.answers or owner not in (document.owners or ["(unowned)"]):
+                continue
+            print(f"  {document.doc_id} v{document.old_version} -> v{document.new_version}"
+                  f" ({document.change}): {document.answers} answers,"
+                  f" {document.new_answers} new")  # fmt: skip
+            for answer in answers:
+                hits = [h for h in answer.hits if h.doc_id == document.doc_id]
+                if hits:
+                    _print_affected(answer, hits, reasked.get(answer.trace_id))
+
+
+def _print_affected(answer: AffectedAnswer, hits: list[AffectedHit], again: Reasked | None) -> None:
+    new = "new" if answer.new else f"since release {answer.affected_by}"
+    at = answer.searched_at.isoformat(timespec="seconds")
+    print(f"    trace {answer.trace_id} at {at} by {answer.caller} from release "
+          f"{answer.release} ({new}): {answer.question}")  # fmt: skip
+    for hit in hits:
+        moved = f" to {hit.new_doc_id}" if hit.status == "moved" else ""
+        print(f"      hit {hit.rank} {hit.status}{moved}")
+        old, now = (" ".join((text or "(none)").split()) for text in (hit.old_text, hit.new_text))
+        columns = [textwrap.wrap(old, SIDE) or [""], textwrap.wrap(now, SIDE) or [""]]
+        print(f"        {'was':<{SIDE}} | now")
+        for left, right in itertools.zip_longest(*columns, fillvalue=""):
+            print(f"        {left:<{SIDE}} | {right}")
+    if again is not None:
+        top = again.top
+        shown = f"{top['doc_id']} v{top['doc_version']} [{top['heading']}]" if top else "no hit"
+        changed = "changed" if again.top_changed else "unchanged"
+        print(f"      asked again: top evidence {changed}, now {shown}")
+
+
 def _status(settings: Settings, args: argparse.Namespace) -> int:
     from ragfresh.releases import release_status
     from ragfresh.status import index_status
@@ -396,6 +482,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(reports.to_dict()))
         return 0
     print(f"quality reports in {reports.directory}")
+    print(f"  {_describes(reports.release)}")
     if reports.index:
         print(f"  index: {reports.index}")
     for report in reports.owners:
@@ -406,6 +493,15 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
     if reports.data_docs:
         print(f"  Data Docs: {reports.data_docs}")
     return 0
+
+
+def _describes(release: dict[str, Any]) -> str:
+    """The release the reports describe, and a candidate that waits."""
+    served, waiting = release["published"], release["waiting"]
+    line = f"release {served['release']} served" if served else "no release served yet"
+    if waiting:
+        line += f"; candidate {waiting['release']} not served: {waiting['why']}"
+    return line
 
 
 def _dev(settings: Settings, args: argparse.Namespace) -> int:
@@ -523,6 +619,22 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("trace_id")
     trace.add_argument("--json", action="store_true")
     trace.set_defaults(handler=_trace)
+    impact = commands.add_parser(
+        "impact", help="earlier answers whose quoted text a publication no longer serves"
+    )
+    impact.add_argument(
+        "--release", type=int, help="the publication of this release (default: the one served)"
+    )
+    impact.add_argument(
+        "--since", metavar="RELEASE", help="every publication after this release (or ISO time)"
+    )
+    impact.add_argument("--owner", help="only documents of this owner (such as team:hr)")
+    impact.add_argument("--caller", help="only answers given to this caller")
+    impact.add_argument(
+        "--reask", action="store_true", help="ask the affected (redacted) questions again"
+    )
+    impact.add_argument("--json", action="store_true", help="print one JSON object")
+    impact.set_defaults(handler=_impact)
     status = commands.add_parser("status", help="counts, reconciliation and index version")
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)

@@ -6,10 +6,12 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ragfresh.errors import ConfigError
 
 CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+PII_ALLOW_FILE = "PII_ALLOW"  # in the policies folder: terms the PII detector keeps verbatim
 PII_ACTIONS = ("redact", "block", "allow")
 
 
@@ -72,6 +74,21 @@ def max_parse_seconds() -> float:
     return parse_duration("RAGFRESH_MAX_PARSE_SECONDS", raw)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _webhook_url(name: str, raw: str) -> str | None:
+    """An https URL, or http to this machine only: the summary must not cross a network in
+    clear text."""
+    if not raw:
+        return None
+    url = urlsplit(raw)
+    local = url.hostname in LOCAL_HOSTS
+    if (url.scheme == "https" and url.hostname) or (url.scheme == "http" and local):
+        return raw
+    raise ConfigError(f"{name} must be an https URL, or http to 127.0.0.1 or localhost")
+
+
 DEFAULT_GOLDEN = Path("evals") / "golden_cases.csv"
 
 
@@ -122,10 +139,17 @@ class Settings:
     max_removed_share: float = 0.25
     max_file_bytes: int = 50_000_000
     allow_mass_delete: bool = False
+    # Where the impact of a publication is posted; out of repr: a URL may carry a token.
+    impact_webhook: str | None = field(default=None, repr=False)
 
     @property
     def dagster_home(self) -> Path:
         return self.home / "dagster"
+
+    @property
+    def pii_allow_file(self) -> Path:
+        """The deployment's PII allow list, beside its policies and OWNERS."""
+        return self.policies / PII_ALLOW_FILE
 
     @property
     def model_cache(self) -> Path:
@@ -198,6 +222,9 @@ class Settings:
                 "RAGFRESH_MAX_FILE_BYTES", 50_000_000, 1, "a policy file has at least a byte"
             ),
             allow_mass_delete=env.get("RAGFRESH_ALLOW_MASS_DELETE", "").lower() in TRUE,
+            impact_webhook=_webhook_url(
+                "RAGFRESH_IMPACT_WEBHOOK", env.get("RAGFRESH_IMPACT_WEBHOOK", "").strip()
+            ),
             model_cache_dir=Path(env["RAGFRESH_MODEL_CACHE"]).resolve()
             if env.get("RAGFRESH_MODEL_CACHE")
             else None,

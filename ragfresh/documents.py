@@ -12,14 +12,15 @@ from typing import Any
 import polars as pl
 
 from ragfresh import delta_store
-from ragfresh.config import Settings
+from ragfresh.config import PII_ALLOW_FILE, Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.freshness import record_seen
 from ragfresh.governance import Governance, OwnerRule, load_owner_rules, resolve_governance
 from ragfresh.local_state import read_state, write_state
 from ragfresh.locks import writer_lock
-from ragfresh.parsing import ParseError, parse_document, read_front_matter
+from ragfresh.parsing import ParseError, ParseFailure, parse_document, read_front_matter
 from ragfresh.pii import PiiDetectorError, PiiSpan, detect_pii, detector_id
+from ragfresh.pii_allow import AllowList, load_allow_list
 from ragfresh.sources import OWNERS_FILE, SourceFile, TreeState, scan_sources, sha256_bytes
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
@@ -92,7 +93,9 @@ class _Rules:
         return {"owners": list(gov.owners), "classification": gov.classification}
 
 
-def _new_content(source: SourceFile, rules: _Rules, max_bytes: int) -> dict[str, Any]:
+def _new_content(
+    source: SourceFile, rules: _Rules, max_bytes: int, allow: AllowList
+) -> dict[str, Any]:
     """Parse, govern and scan a file whose bytes are new, unless it is too large to read."""
     if source.size_bytes > max_bytes:
         raise ParseError(
@@ -105,13 +108,13 @@ def _new_content(source: SourceFile, rules: _Rules, max_bytes: int) -> dict[str,
         "title": parsed.title,
         "format": parsed.format,
         "text": parsed.text,
-        "pii_spans": _spans(detect_pii(parsed.text)),
+        "pii_spans": _spans(detect_pii(parsed.text, allow)),
         **rules.govern(source.doc_id, parsed.front_matter),
     }
 
 
 def _same_content(
-    source: SourceFile, live: dict[str, Any], rules: _Rules, detector: str
+    source: SourceFile, live: dict[str, Any], rules: _Rules, detector: str, allow: AllowList
 ) -> tuple[str, dict[str, Any]] | None:
     """For unchanged bytes: a new version only if governance or the PII detector changed."""
     content = {k: live[k] for k in ("content_sha256", "title", "format", "text", "pii_spans")}
@@ -121,7 +124,7 @@ def _same_content(
     if (content["owners"], content["classification"]) != (live["owners"], live["classification"]):
         change = "governance"
     if live["pii_detector"] != detector:
-        content["pii_spans"] = _spans(detect_pii(live["text"]))
+        content["pii_spans"] = _spans(detect_pii(live["text"], allow))
         change = change or "rescanned"
     return (change, content) if change else None
 
@@ -147,7 +150,9 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
     rules, rule_errors = load_owner_rules(settings.policies / OWNERS_FILE)
     files, scan_errors, tree = scan_sources(settings.policies, before.files if before else None)
     owners_moved = before is None or before.files.get(OWNERS_FILE) != tree.files.get(OWNERS_FILE)
+    allow, allow_errors = load_allow_list(settings.pii_allow_file)
     errors = [(OWNERS_FILE, None, f"OWNERS {e}") for e in rule_errors]
+    errors += [(PII_ALLOW_FILE, None, f"PII_ALLOW {e}") for e in allow_errors]
     errors += [(path, None, reason) for path, reason in scan_errors]
     latest = {row["doc_id"]: row for row in read_latest(settings).iter_rows(named=True)}
     live_count = sum(not row["is_deleted"] for row in latest.values())
@@ -156,7 +161,7 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
             f"{settings.policies} has no files; refusing to tombstone all {live_count} "
             "documents (an unmounted or wrong folder?). Remove the documents one by one instead."
         )
-    detector = detector_id()
+    detector = detector_id(allow)  # an edit of PII_ALLOW rescans every document
     new_rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
     for number, source in enumerate(files, start=1):
@@ -170,7 +175,7 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
             if live and live["content_sha256"] == source.sha256:
                 # Same bytes: governance moves only with OWNERS, PII spans only with the detector.
                 moved = owners_moved or live["pii_detector"] != detector
-                update = _same_content(source, live, doc_rules, detector) if moved else None
+                update = _same_content(source, live, doc_rules, detector, allow) if moved else None
                 if update is None:
                     counts["unchanged"] += 1
                     continue
@@ -178,12 +183,12 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
             else:
                 change, content = (
                     ("changed" if live else "added"),
-                    _new_content(source, doc_rules, settings.max_file_bytes),
+                    _new_content(source, doc_rules, settings.max_file_bytes, allow),
                 )
         except PiiDetectorError:  # the detector, not the file: nothing may be written unscanned
             raise
         except Exception as exc:  # one bad file is recorded and skipped, never fatal
-            reason = str(exc) if isinstance(exc, ParseError) else f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, ParseFailure) else f"{type(exc).__name__}: {exc}"
             errors.append((source.doc_id, source.sha256, reason))
             log.warning("quarantined %s: %s", source.doc_id, reason)
             continue
@@ -243,7 +248,7 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
         changed=counts["changed"],
         deleted=counts["deleted"],
         unchanged=counts["unchanged"],
-        quarantined=len({path for path, _, _ in errors} - {OWNERS_FILE}),
+        quarantined=len({path for path, _, _ in errors} - {OWNERS_FILE, PII_ALLOW_FILE}),
         new_versions=new_versions,
         errors=error_frame,
         table_version=table_version,

@@ -20,6 +20,7 @@ import polars as pl
 
 from ragfresh.config import Settings
 from ragfresh.tables import (
+    ANSWER_IMPACT,
     EVAL_CASE_RESULTS,
     INGEST_ERRORS,
     POLICY_CHUNKS,
@@ -40,6 +41,7 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     INGEST_ERRORS.name: ("path", "content_sha256"),
     EVAL_CASE_RESULTS.name: EVAL_CASE_RESULTS.key,
     VECTORS: ("doc_id", "chunk_id"),
+    ANSWER_IMPACT.name: ANSWER_IMPACT.key,
 }
 # Tables whose failing rows hold their documents back (see `ragfresh.holds`) rather than
 # stop the run, up to `Settings.max_held_share` of their rows.
@@ -53,6 +55,7 @@ VALUE_LISTS = (
     "unexpected_index_query",
 )
 OBSERVATIONS = ("observed_value", "details")  # kept for table-level expectations: column names
+DATA_DOCS_SITE = "ragfresh"
 
 
 @dataclass(frozen=True)
@@ -121,32 +124,44 @@ def suite_parameters(model_id: str, dimensions: int) -> dict[str, Any]:
 
 
 def _context(settings: Settings | None):  # -> gx.data_context.EphemeralDataContext
-    """A GX context in memory; with settings, its stores and Data Docs live under the home."""
+    """A GX context in memory, with analytics off; with settings, its stores and Data Docs live
+    under the home, and the Data Docs load every file from there (`ragfresh.data_docs`)."""
     import great_expectations as gx  # ~3 s and ~250 MB: only when a check runs
     from great_expectations.data_context.types.base import (
         DataContextConfig,
         FilesystemStoreBackendDefaults,
+        InMemoryStoreBackendDefaults,
         ProgressBarsConfig,
     )
 
+    common = {"progress_bars": ProgressBarsConfig(globally=False), "analytics_enabled": False}
     if settings is None:
-        context = gx.get_context(mode="ephemeral")
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        return context
+        config = DataContextConfig(store_backend_defaults=InMemoryStoreBackendDefaults(), **common)
+        return gx.get_context(mode="ephemeral", project_config=config)
+    views = {"module_name": "ragfresh.data_docs"}
+    page = {"view": {**views, "class_name": "OfflinePageView"}}
     config = DataContextConfig(
         store_backend_defaults=FilesystemStoreBackendDefaults(root_directory=str(gx_dir(settings))),
         data_docs_sites={
-            "ragfresh": {
+            DATA_DOCS_SITE: {
                 "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
                 "store_backend": {
                     "class_name": "TupleFilesystemStoreBackend",
                     "base_directory": str(data_docs_dir(settings)),
                 },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "site_index_builder": {
+                    "class_name": "DefaultSiteIndexBuilder",
+                    "view": {**views, "class_name": "OfflineIndexPageView"},
+                },
+                "site_section_builders": {
+                    "expectations": page,
+                    "validations": page,
+                    "profiling": page,
+                },
             }
         },
-        progress_bars=ProgressBarsConfig(globally=False),
-        analytics_enabled=False,
+        **common,
     )
     return gx.get_context(mode="ephemeral", project_config=config)
 
@@ -227,12 +242,15 @@ def _key_rows(found: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str,
 
 
 def _publish(context, suite, result, settings: Settings) -> None:
-    """Keep this table's latest result in the store and rebuild the Data Docs site from it."""
+    """Keep this table's latest result in the store and rebuild the Data Docs site from it,
+    with the files its pages load."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
         ValidationResultIdentifier,
     )
+
+    from ragfresh.data_docs import copy_vendored
 
     store = context.validation_results_store
     for old in store.list_keys():
@@ -246,6 +264,7 @@ def _publish(context, suite, result, settings: Settings) -> None:
         result,
     )
     context.build_data_docs()
+    copy_vendored(data_docs_dir(settings))
 
 
 if __name__ == "__main__":  # python -m ragfresh.expectations: rewrite the suites as stored

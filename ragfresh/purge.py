@@ -21,6 +21,7 @@ from ragfresh.reports import reports_dir
 from ragfresh.sources import sha256_bytes
 from ragfresh.sql import literal
 from ragfresh.tables import (
+    ANSWER_IMPACT,
     DOCUMENT_FRESHNESS,
     EVAL_CASE_RESULTS,
     HELD_DOCUMENTS,
@@ -39,9 +40,11 @@ from ragfresh.vectors import vectors_dataset
 log = logging.getLogger(__name__)
 
 ERASED = "(erased)"  # stands for the document in receipts that pointed at it
-# Tables keyed by document, whose rows of it are deleted; the column that names it.
-BY_DOCUMENT = {POLICY_DOCUMENTS: "doc_id", POLICY_CHUNKS: "doc_id", HELD_DOCUMENTS: "doc_id",
-               DOCUMENT_FRESHNESS: "doc_id", INGEST_ERRORS: "path"}  # fmt: skip
+# Tables keyed by document, whose rows of it are deleted; the columns that name it (an
+# impact row names it when its text was quoted, or is served now in place of another's).
+BY_DOCUMENT = {POLICY_DOCUMENTS: ("doc_id",), POLICY_CHUNKS: ("doc_id",),
+               HELD_DOCUMENTS: ("doc_id",), DOCUMENT_FRESHNESS: ("doc_id",),
+               INGEST_ERRORS: ("path",), ANSWER_IMPACT: ("doc_id", "new_doc_id")}  # fmt: skip
 # Tables whose rows point at it from a list of hits: the hits are redacted, the rows kept.
 BY_HIT = (RETRIEVAL_TRACES, EVAL_CASE_RESULTS)
 
@@ -74,12 +77,13 @@ def purge_document(
     requested_by = requested_by or getpass.getuser()
     purge_id = uuid.uuid4().hex
     with ExitStack() as locks:  # every writer of what is erased waits (in one order: no deadlock)
-        for name in (POLICY_DOCUMENTS.name, POLICY_CHUNKS.name, VECTORS, RETRIEVAL_TRACES.name):
+        for name in (POLICY_DOCUMENTS.name, POLICY_CHUNKS.name, VECTORS, RETRIEVAL_TRACES.name,
+                     ANSWER_IMPACT.name):  # fmt: skip
             locks.enter_context(writer_lock(settings, name))
         erased = forget_vector_history(settings, purge_id, where=f"doc_id = {literal(doc_id)}")
         rows = {VECTORS: erased.rows_deleted}
-        for table, column in BY_DOCUMENT.items():
-            predicate = f"{column} = {literal(doc_id)}"
+        for table, columns in BY_DOCUMENT.items():
+            predicate = " OR ".join(f"{column} = {literal(doc_id)}" for column in columns)
             rows[table.name] = delta_store.erase(_uri(settings, table), predicate, purge_id)
         for table in BY_HIT:
             rows[table.name] = _redact_hits(settings, table, doc_id, purge_id)

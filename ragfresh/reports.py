@@ -19,11 +19,14 @@ from typing import Any
 import polars as pl
 
 from ragfresh import delta_store
-from ragfresh.config import Settings
+from ragfresh.config import CLASSIFICATIONS, Settings
 from ragfresh.errors import RagfreshError
 from ragfresh.freshness import document_lag, read_freshness
 from ragfresh.holds import read_holds
+from ragfresh.pii_allow import load_allow_list
+from ragfresh.releases import read_audit, release_status
 from ragfresh.tables import (
+    ANSWER_IMPACT,
     EVAL_CASE_RESULTS,
     EVAL_RUNS,
     POLICY_CHUNKS,
@@ -38,6 +41,11 @@ TREND_POINTS = 12  # published versions, and evaluation runs, in each trend char
 SAMPLE_ROWS = 5  # failing rows shown per failed expectation
 WAITING = ("at_risk", "late")
 SAFE_EVIDENCE = ("none", "redacted")  # pii_action of a chunk whose text may be shown
+WITHHELD = "(withheld: its chunk may hold PII that is not redacted)"
+OTHER_OWNER = "(served from a document of another owner)"
+IMPACT_COLUMNS = ["event_id", "trace_id", "searched_at", "affected_by", "doc_id", "status",
+                  "old_text", "new_doc_id", "new_text", "classification",
+                  "new_classification"]  # fmt: skip
 ACTIONS = {
     "held": "Documents held back",
     "freshness": "Documents late or at risk of missing the freshness objective",
@@ -95,10 +103,12 @@ class ReportSet:
     owners: list[OwnerReport]
     data_docs: Path | None
     generated_at: datetime
+    release: dict[str, Any]  # what the pages describe: `release_status` when they were built
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "directory": str(self.directory),
+            "release": self.release,
             "index": str(self.index) if self.index else None,
             "data_docs": str(self.data_docs) if self.data_docs else None,
             "generated_at": self.generated_at.isoformat(timespec="seconds"),
@@ -146,6 +156,8 @@ class _Tables:
     published: pl.DataFrame
     slo: float
     owners: list[str]
+    release: dict[str, Any]  # `release_status`: the release served, the candidate waiting
+    impact: pl.DataFrame  # answers whose quoted text is not served now (see `_latest_impact`)
 
 
 def _masked_title(title: str, text: str, spans: list[dict[str, Any]]) -> str:
@@ -165,15 +177,20 @@ def _current_documents(settings: Settings) -> pl.DataFrame:
         columns=DOCUMENT_COLUMNS,
         where=pl.col("is_current"),
     )
-    titles = [
-        _masked_title(r["title"] or "", r["text"] or "", r["pii_spans"] or [])
-        for r in rows.select("title", "text", "pii_spans").iter_rows(named=True)
-    ]
+    allow, _ = load_allow_list(settings.pii_allow_file)
+    titles, found, kept = [], [], []
+    for r in rows.select("title", "text", "pii_spans").iter_rows(named=True):
+        titles.append(_masked_title(r["title"] or "", r["text"] or "", r["pii_spans"] or []))
+        counts = Counter(s["entity_type"] for s in r["pii_spans"] or [])
+        found.append([f"{kind} {n}" for kind, n in sorted(counts.items())])  # counts, no value
+        kept.append(sorted({term for *_, term in allow.matches(r["text"] or "")}))
     entity = pl.element().struct.field("entity_type")
     return rows.with_columns(
         title=pl.Series(titles, dtype=pl.String),
         owners=pl.col("owners").fill_null(pl.lit([], pl.List(pl.String))),
         pii_types=pl.col("pii_spans").list.eval(entity).list.unique().list.sort(),
+        pii_counts=pl.Series(found, dtype=pl.List(pl.String)),
+        pii_allowed=pl.Series(kept, dtype=pl.List(pl.String)),
     ).drop("text", "pii_spans")
 
 
@@ -224,8 +241,7 @@ def _evidence(case: dict[str, Any], actions: dict[str, str]) -> dict[str, Any]:
     if case["served_evidence"] is None or best is None:
         return {"served_evidence": "(no source hit in the top 5)", "evidence_doc": None}
     if actions.get(best["chunk_id"]) not in SAFE_EVIDENCE:
-        text = "(withheld: its chunk may hold PII that is not redacted)"
-        return {"served_evidence": text, "evidence_doc": best["doc_id"]}
+        return {"served_evidence": WITHHELD, "evidence_doc": best["doc_id"]}
     return {"served_evidence": case["served_evidence"], "evidence_doc": best["doc_id"]}
 
 
@@ -257,6 +273,25 @@ def _evaluation(settings: Settings, actions: dict[str, str]) -> tuple[Any, list,
     answerable = results.filter(~pl.col("must_escalate"))
     run_cases = answerable.select("eval_run_id", "doc_ids", "hit_at_5").to_dicts()
     return latest, cases, run_cases, recent
+
+
+def _latest_impact(settings: Settings) -> pl.DataFrame:
+    """`answer_impact` rows of the latest publication: every answer whose quoted text the
+    release served now no longer serves. A text whose classification lets raw PII through
+    (a PII rule `allow`) is withheld, as evidence is."""
+    latest = read_audit(settings).sort("at")["event_id"].tail(1).to_list()
+    rows = delta_store.read_table(
+        settings.table_uri(ANSWER_IMPACT.name),
+        ANSWER_IMPACT.schema,
+        columns=IMPACT_COLUMNS,
+        where=pl.col("event_id").is_in(latest),
+    )
+    raw = [c for c in CLASSIFICATIONS if settings.pii_action(c) == "allow"]
+    return rows.with_columns(
+        pl.when(pl.col(classification).is_in(raw)).then(pl.lit(WITHHELD)).otherwise(text).alias(text)
+        for text, classification in (("old_text", "classification"),
+                                     ("new_text", "new_classification"))
+    )  # fmt: skip
 
 
 def _gather(settings: Settings, model_id: str, now: datetime) -> _Tables:
@@ -300,6 +335,8 @@ def _gather(settings: Settings, model_id: str, now: datetime) -> _Tables:
         published=published.sort("published_at"),
         slo=settings.freshness_slo,
         owners=owners,
+        release=release_status(settings),
+        impact=_latest_impact(settings),
     )
 
 
@@ -371,7 +408,7 @@ def _owners_view(case: dict[str, Any], owned: set[str], others: set[str]) -> dic
     mine = [d for d in case["doc_ids"] if d in owned]
     evidence = case["served_evidence"]
     if case["evidence_doc"] is not None and case["evidence_doc"] not in owned:
-        evidence = "(served from a document of another owner)"
+        evidence = OTHER_OWNER
     return case | {
         "doc_ids": mine,
         "other_sources": len(case["doc_ids"]) - len(mine),
@@ -379,6 +416,31 @@ def _owners_view(case: dict[str, Any], owned: set[str], others: set[str]) -> dic
         "failures": [_masked_documents(f, others) for f in case["failures"]],
         "served_evidence": evidence,
     }
+
+
+def _impact_view(tables: _Tables, owned: set[str], others: set[str]) -> list[dict[str, Any]]:
+    """Per owned document, the texts earlier answers quoted that are no longer served, what
+    is served in their place (not another owner's text) and how many answers quoted each,
+    the newest change first; no question is shown."""
+    theirs = pl.col("new_doc_id").is_in(sorted(others))
+    rows = tables.impact.filter(pl.col("doc_id").is_in(sorted(owned))).with_columns(
+        new_text=pl.when(theirs).then(pl.lit(OTHER_OWNER)).otherwise(pl.col("new_text")),
+        new_doc_id=pl.when(theirs).then(None).otherwise(pl.col("new_doc_id")),
+    )
+    texts = (
+        rows.group_by("doc_id", "status", "old_text", "new_doc_id", "new_text")
+        .agg(
+            answers=pl.col("trace_id").n_unique(),
+            changed_by=pl.col("affected_by").max(),
+            last_answer=pl.col("searched_at").max(),
+        )
+        .sort("changed_by", "last_answer", descending=True)
+    )
+    answers = dict(rows.group_by("doc_id").agg(pl.col("trace_id").n_unique()).iter_rows())
+    return [
+        {"doc_id": doc_id, "answers": answers[doc_id], "texts": group.to_dicts()}
+        for (doc_id,), group in texts.partition_by("doc_id", as_dict=True).items()
+    ]
 
 
 def _owner_context(tables: _Tables, owner: str) -> dict[str, Any]:
@@ -437,6 +499,7 @@ def _owner_context(tables: _Tables, owner: str) -> dict[str, Any]:
         ],
         "counts": {kind: len(found) for kind, found in items.items()},
         "trend": _trend(tables, owned),
+        "impact": _impact_view(tables, owned, others),
     }
 
 
@@ -491,6 +554,7 @@ def build_reports(
         "objective": tables.slo,
         "data_docs": data_docs is not None,
         "unowned": UNOWNED,
+        "release": tables.release,
     }
     reports = []
     for name in chosen:
@@ -508,4 +572,4 @@ def build_reports(
         for page in (directory / "owners").glob("*.html"):
             if page not in written:
                 page.unlink(missing_ok=True)
-    return ReportSet(directory, index, reports, data_docs, now)
+    return ReportSet(directory, index, reports, data_docs, now, tables.release)

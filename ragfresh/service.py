@@ -1,6 +1,7 @@
 """The search service on Starlette: `POST /search` with receipts, `GET /health`,
-`GET /traces/{id}`. The model stays loaded, the served release is re-read when its tag moves,
-and a caller reads only the classifications its API key grants."""
+`GET /traces/{id}`, `GET /impact` (the key's own answers that a publication made wrong). The
+model stays loaded, the served release is re-read when its tag moves, and a caller reads only
+its own receipts and the classifications its API key grants."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ragfresh.api_keys import ApiKeys, key_id
 from ragfresh.batching import Batcher
 from ragfresh.config import Settings
 from ragfresh.embedding import Embedder
+from ragfresh.impact import ImpactError, impact, parse_since
 from ragfresh.pii import detect_pii
 from ragfresh.query_encoder import prepared_encoder
 from ragfresh.releases import read_releases, served_release
@@ -52,6 +54,7 @@ RELOAD_SECONDS = 1.0  # how often a request may look whether the `served` tag mo
 ENCODE_BATCH = 32
 TRACE_BATCH = 256
 MAX_K = 50
+IMPACT_TEXTS = (("old_text", "classification"), ("new_text", "new_classification"))
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
@@ -111,6 +114,15 @@ class Served:
     def tagged(self) -> int | None:
         """The release the `served` tag points at now."""
         return served_release(vectors_dataset(self.settings))
+
+
+def _entitled(hit: dict[str, Any], entitled: frozenset[str]) -> dict[str, Any]:
+    """An impact hit with each text the key is not entitled to read left out."""
+    shown = dict(hit)
+    for text, classification in IMPACT_TEXTS:
+        if hit[text] is not None and hit[classification] not in entitled:
+            shown[text], shown["withheld"] = None, True
+    return shown
 
 
 def _error(code: int, message: str, **extra: Any) -> JSONResponse:
@@ -248,6 +260,20 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
         return JSONResponse({"trace": fields, "hits": hits, "stale_hits": report.stale_hits,
                              "index_retained": report.index_retained})  # fmt: skip
 
+    async def impact_of_key(request: Request) -> JSONResponse:
+        caller = _caller(request, keys)
+        raw = request.query_params.get("since")
+        try:
+            since = parse_since(raw) if raw is not None else None
+        except ImpactError:
+            problem = "a release number or an ISO time"
+            raise RequestInvalid([{"field": "since", "problem": problem}]) from None
+        found = await run_in_threadpool(impact, settings, since=since, api_key_id=caller.api_key_id)
+        entry = found.to_dict()
+        for given in entry["answers"]:  # text of a classification the key may not read: none
+            given["hits"] = [_entitled(hit, caller.entitled) for hit in given["hits"]]
+        return JSONResponse(entry)
+
     async def openapi(request: Request) -> JSONResponse:
         return JSONResponse(openapi_schema())
 
@@ -270,6 +296,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
             Route("/search", search, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/traces/{trace_id}", trace, methods=["GET"]),
+            Route("/impact", impact_of_key, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
         ],
         lifespan=lifespan,
@@ -279,6 +306,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
             IndexNotBuiltError: unavailable,
             ModelMismatchError: unavailable,
             TraceNotFoundError: not_found,
+            ImpactError: not_found,
         },
         middleware=[Middleware(Contained)],
     )
@@ -325,6 +353,16 @@ def openapi_schema() -> dict[str, Any]:
                                 "schema": {"type": "string"}}],
                 "responses": responses("the trace and its hits now", None, 401, 404),
             }},
+            "/impact": {"get": {
+                "summary": "This key's answers whose quoted text a publication no longer serves",
+                "security": bearer,
+                "parameters": [{"name": "since", "in": "query", "required": False,
+                                "description": "a release or an ISO time; default: the impact "
+                                "of the latest publication",
+                                "schema": {"type": "string"}}],
+                "responses": responses("releases, documents, answers and totals", None,
+                                       401, 404, 422),
+            }},
         },
         "components": {
             "schemas": components,
@@ -335,7 +373,7 @@ def openapi_schema() -> dict[str, Any]:
 
 ERRORS = {
     401: "no valid API key",
-    404: "no such trace for this key",
+    404: "no such trace for this key, or no such publication",
     422: "the body is not a valid request",
     503: "no release is published yet",
 }

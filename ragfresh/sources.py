@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ragfresh.config import PII_ALLOW_FILE
 from ragfresh.errors import PoliciesNotFoundError
 
 OWNERS_FILE = "OWNERS"
@@ -156,12 +157,13 @@ def scan_sources(
     root: Path, known: Mapping[str, Stamp] | None = None
 ) -> tuple[list[SourceFile], list[tuple[str, str]], TreeState]:
     """Policy files below root with their hashes, what cannot be read as (path, reason), and
-    the tree state they came from. The root OWNERS file is not a policy; nested ones are errors."""
+    the tree state they came from. The root OWNERS and PII_ALLOW files are not policies; nested
+    OWNERS files are errors."""
     state = tree_state(root, known)
     files: list[SourceFile] = []
     errors = sorted(state.problems.items())
     for doc_id, stamp in state.files.items():
-        if doc_id == OWNERS_FILE:
+        if doc_id in (OWNERS_FILE, PII_ALLOW_FILE):
             continue
         if Path(doc_id).name == OWNERS_FILE:
             errors.append((doc_id, NESTED_OWNERS))

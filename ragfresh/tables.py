@@ -302,6 +302,42 @@ PURGE_AUDIT = TableDef(
     ]),
 )  # fmt: skip
 
+ANSWER_IMPACT = TableDef(
+    name="answer_impact",
+    description="Earlier answers a publication made wrong: per answer and hit, old and new text.",
+    owner="team:data-platform",
+    key=("event_id", "trace_id", "rank"),
+    schema=pa.schema([
+        col("event_id", pa.string(), "The publication: its event in release_audit"),
+        col("published_at", TS, "When the publication changed the served release"),
+        col("action", pa.string(), "publish or rollback"),
+        col("release", pa.int64(), "Release served from then on"),
+        col("previous_release", pa.int64(), "Release served before it"),
+        col("trace_id", pa.string(), "The answer: its trace in retrieval_traces"),
+        col("searched_at", TS, "When the answer was given"),
+        col("caller", pa.string(), "Who searched"),
+        col("api_key_id", pa.string(), "sha256 prefix of the API key; null outside the service"),
+        col("served_release", pa.int64(), "Release the answer was served from"),
+        col("affected_by", pa.int64(), "Release of the first publication that changed what the "
+            "answer quoted"),
+        col("new", pa.bool_(), "True when this publication is that first one"),
+        col("question", pa.string(), "The question, PII replaced by <TYPE>", pii="redacted"),
+        col("rank", pa.int64(), "Rank of the affected hit in the answer"),
+        col("doc_id", pa.string(), "Document quoted; (erased) once purged"),
+        col("doc_version", pa.int64(), "Document version quoted"),
+        col("chunk_id", pa.string(), "Chunk quoted"),
+        col("status", pa.string(), "changed, removed, moved (to new_doc_id) or erased"),
+        col("old_text", pa.string(), "Text served then; null once erased or no longer kept",
+            pii="redacted"),
+        col("new_doc_id", pa.string(), "Document serving the best match now; null if none"),
+        col("new_text", pa.string(), "Best matching chunk served now, by heading and text",
+            pii="redacted"),
+        col("owners", pa.list_(pa.string()), "Owners of the quoted document"),
+        col("classification", pa.string(), "Classification of the quoted chunk when served"),
+        col("new_classification", pa.string(), "Classification of the chunk served in its place"),
+    ]),
+)  # fmt: skip
+
 # Not a governed table of TABLES: it holds who writes which table now, and no history matters.
 WRITER_LEASES = TableDef(
     name="_writer_leases",
@@ -322,6 +358,7 @@ TABLES = {
     for t in (
         POLICY_DOCUMENTS, INGEST_ERRORS, POLICY_CHUNKS, HELD_DOCUMENTS, RETRIEVAL_TRACES,
         EVAL_RUNS, EVAL_CASE_RESULTS, RELEASES, RELEASE_AUDIT, DOCUMENT_FRESHNESS, PURGE_AUDIT,
+        ANSWER_IMPACT,
     )
 }  # fmt: skip
 

@@ -17,7 +17,7 @@ import polars as pl
 from ragfresh import delta_store
 from ragfresh.config import Settings
 from ragfresh.locks import writer_lock
-from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
+from ragfresh.tables import ANSWER_IMPACT, RETRIEVAL_TRACES, empty_frame
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,30 @@ def _uri(settings: Settings) -> str:
     return settings.table_uri(RETRIEVAL_TRACES.name)
 
 
-def read_traces(settings: Settings, where: pl.Expr | None = None) -> pl.DataFrame:
-    return delta_store.read_table(_uri(settings), RETRIEVAL_TRACES.schema, where=where)
+def read_traces(
+    settings: Settings, where: pl.Expr | None = None, columns: list[str] | None = None
+) -> pl.DataFrame:
+    return delta_store.read_table(_uri(settings), RETRIEVAL_TRACES.schema, columns, where)
 
 
 def prune_traces(settings: Settings, run_id: str) -> dict[str, int]:
-    """Delete traces older than the retention, with every stored byte that held them."""
+    """Delete traces older than the retention, and the impact rows of those answers, with
+    every stored byte that held them."""
     cutoff = datetime.now(tz=UTC) - timedelta(days=settings.trace_retention_days)
-    deleted = read_traces(settings, pl.col("searched_at") < cutoff).height
-    if deleted:
-        with writer_lock(settings, RETRIEVAL_TRACES.name):
-            predicate = f"searched_at < '{cutoff.isoformat()}'"
-            deleted = delta_store.erase(_uri(settings), predicate, run_id)
-        log.info("deleted %d traces older than %d days", deleted, settings.trace_retention_days)
-    return {"deleted": deleted, "kept": read_traces(settings).height}
+    expired = pl.col("searched_at") < cutoff
+    predicate = f"searched_at < '{cutoff.isoformat()}'"
+    counts = {}
+    for table in (RETRIEVAL_TRACES, ANSWER_IMPACT):
+        uri = settings.table_uri(table.name)
+        deleted = delta_store.read_table(uri, table.schema, ["searched_at"], expired).height
+        if deleted:
+            with writer_lock(settings, table.name):
+                deleted = delta_store.erase(uri, predicate, run_id)
+            log.info("deleted %d %s rows older than %d days", deleted, table.name,
+                     settings.trace_retention_days)  # fmt: skip
+        counts[table.name] = deleted
+    return {
+        "deleted": counts[RETRIEVAL_TRACES.name],
+        "kept": read_traces(settings, columns=["trace_id"]).height,
+        "impact_deleted": counts[ANSWER_IMPACT.name],
+    }

@@ -32,6 +32,22 @@ class TraceReport:
         return sum(1 for h in self.hits if not h["still_current"])
 
 
+def served_rows(
+    settings: Settings, index_version: int, chunk_ids: list[str], columns: list[str]
+) -> list[dict[str, Any]] | None:
+    """Columns of these chunks as an index version served them; None when that version is
+    no longer kept (compacted away, or dropped by an erasure)."""
+    dataset = vectors_dataset(settings, version=index_version)
+    if dataset is None:
+        return None
+    if not chunk_ids:
+        return []
+    found = dataset.to_table(
+        columns=["chunk_id", *columns], filter=f"chunk_id IN ({in_list(chunk_ids)})"
+    )
+    return found.to_pylist()
+
+
 def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
     """The trace row plus, per hit, its text at that index version and its document's status."""
     traces = delta_store.read_table(
@@ -43,14 +59,9 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
         raise TraceNotFoundError(f"no trace {trace_id!r} in {RETRIEVAL_TRACES.name}")
     trace = traces.row(0, named=True)
     hits = trace["hits"]
-    served: dict[str, dict[str, str]] = {}
-    dataset = vectors_dataset(settings, version=trace["index_version"])
-    if dataset is not None and hits:
-        rows = dataset.to_table(
-            columns=["chunk_id", "text", "classification"],
-            filter=f"chunk_id IN ({in_list([h['chunk_id'] for h in hits])})",
-        )
-        served = {row.pop("chunk_id"): row for row in rows.to_pylist()}
+    ids = [h["chunk_id"] for h in hits if h["chunk_id"] is not None]
+    rows = served_rows(settings, trace["index_version"], ids, ["text", "classification"])
+    served = {row.pop("chunk_id"): row for row in rows or []}
     versions = read_documents(settings, current_only=False).filter(
         pl.col("doc_id").is_in([h["doc_id"] for h in hits])
     )
@@ -73,4 +84,4 @@ def explain_trace(settings: Settings, trace_id: str) -> TraceReport:
         chunk = served.get(hit["chunk_id"], {"text": None, "classification": None})
         report.append({**hit, **chunk, "still_current": current, "status": status})
     trace_fields = {k: v for k, v in trace.items() if k != "hits"}
-    return TraceReport(trace=trace_fields, hits=report, index_retained=dataset is not None)
+    return TraceReport(trace=trace_fields, hits=report, index_retained=rows is not None)

@@ -15,6 +15,7 @@ from ragfresh.config import Settings
 from ragfresh.documents import ingested_tree
 from ragfresh.local_state import read_state, write_state
 from ragfresh.pii import detector_id
+from ragfresh.pii_allow import load_allow_list
 from ragfresh.sources import tree_state
 from ragfresh.tables import TABLES
 from ragfresh.vectors import vectors_dataset
@@ -53,7 +54,7 @@ def current_marks(settings: Settings, model_id: str) -> dict[str, Any]:
         "model_id": model_id,
         "golden_sha256": _sha256(settings.golden_cases),
         "settings": repr(settings),
-        "code": [CHUNKER_VERSION, detector_id()],
+        "code": [CHUNKER_VERSION, detector_id(load_allow_list(settings.pii_allow_file)[0])],
     }
 
 

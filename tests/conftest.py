@@ -48,6 +48,8 @@ ENVIRONMENT = (
     "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET", "RAGFRESH_API_KEYS",
     "RAGFRESH_MAX_HELD_SHARE", "RAGFRESH_MAX_REMOVED_SHARE", "RAGFRESH_ALLOW_MASS_DELETE",
     "RAGFRESH_MAX_FILE_BYTES", "RAGFRESH_MAX_PARSE_SECONDS", "RAGFRESH_TRACE_RETENTION_DAYS",
+    "RAGFRESH_IMPACT_WEBHOOK", "RAGFRESH_JUDGE_API_KEY", "RAGFRESH_VECTOR_INDEX_MIN_ROWS",
+    "RAGFRESH_VERSION_RETENTION_DAYS", "RAGFRESH_RAY_ADDRESS", "RAGFRESH_RAY_ACTORS",
 )  # fmt: skip
 
 
@@ -58,7 +60,9 @@ def handbook_ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Setting
 
     home = tmp_path_factory.mktemp("handbook")
     settings = Settings.load(home=home, policies=HANDBOOK / "pages")
-    return settings, ingest_documents(settings, run_id="18f")
+    ingested = ingest_documents(settings, run_id="18f")
+    assert ingested.added >= 240, f"the 18F handbook's pages are missing under {HANDBOOK}"
+    return settings, ingested
 
 
 @pytest.fixture(scope="session")

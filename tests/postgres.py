@@ -24,6 +24,8 @@ INSTALL = "run `make postgresql` as root, or `sudo apt-get install postgresql`"
 SUPERUSER = "ragfresh"
 START_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 30
+CONNECT_TIMEOUT_SECONDS = 10
+PORT_ATTEMPTS = 5  # a free port can be taken between choosing it and the server binding it
 
 
 class PostgresMissingError(RuntimeError):
@@ -60,7 +62,12 @@ class Postgres:
     def connect(self, db: str) -> psycopg2.extensions.connection:
         """A new connection to one of the server's databases, as the superuser."""
         return psycopg2.connect(
-            host=self.host, port=self.port, user=self.user, password=self.password, dbname=db
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=db,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,  # a listener that never answers: not ours
         )
 
 
@@ -87,19 +94,27 @@ def server_account() -> pwd.struct_passwd | None:
         raise PostgresMissingError(f"running as root and no `postgres` user: {INSTALL}") from None
 
 
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 nothing listens on right now."""
+class PortTakenError(RuntimeError):
+    """Another process bound the port between its choice and the server's start."""
+
+
+def candidate_port() -> int:
+    """A TCP port of 127.0.0.1 nothing listens on right now (maybe not a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def _ready(server: Postgres, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Wait until the server accepts the superuser's password; raise if it exits first."""
+    """Wait until the server accepts the superuser's password (only this cluster has it);
+    raise if it exits first, PortTakenError when its port was in use."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"postgres exited {process.returncode}:\n{log.read_text()[-3000:]}")
+            output = log.read_text()
+            if "Address already in use" in output:
+                raise PortTakenError(f"port {server.port} was taken")
+            raise RuntimeError(f"postgres exited {process.returncode}:\n{output[-3000:]}")
         try:
             server.connect("postgres").close()
             return
@@ -145,18 +160,27 @@ def running_postgres(db: str = "ragfresh") -> Iterator[Postgres]:
         )  # fmt: skip
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb exited {initdb.returncode}:\n{initdb.stderr}")
-        port = free_port()
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [binaries / "postgres", "-D", data, "-p", str(port),
-                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
-                 "-c", "fsync=off"],
-                cwd=root, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, **as_server,
-            )  # fmt: skip
-        try:
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            port = candidate_port()
+            with log.open("wb") as output:
+                process = subprocess.Popen(
+                    [binaries / "postgres", "-D", data, "-p", str(port),
+                     "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={root}",
+                     "-c", "fsync=off"],
+                    cwd=root, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    start_new_session=True, **as_server,
+                )  # fmt: skip
             server = Postgres("127.0.0.1", port, SUPERUSER, password, db, process.pid)
-            _ready(server, process, log)
+            try:
+                _ready(server, process, log)
+                break
+            except PortTakenError:
+                if attempt == PORT_ATTEMPTS:
+                    raise
+            except BaseException:
+                _stop(process)
+                raise
+        try:
             with contextlib.closing(server.connect("postgres")) as connection:
                 connection.autocommit = True
                 with connection.cursor() as cursor:

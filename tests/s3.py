@@ -1,23 +1,22 @@
-"""A real S3 server for tests: moto's server in a child process on 127.0.0.1.
+"""A real S3 server for tests: moto's server in a child process on 127.0.0.1, on a port the
+server itself picks (a number chosen here could be taken by another process meanwhile).
 
-Not moto's in-process `ThreadedMotoServer`: delta-rs holds the GIL in some calls (setting
-table properties), so a server thread in the same interpreter could not answer them and the
-call stalled for three minutes of retries before failing."""
+Not moto's `ThreadedMotoServer` in the test's own interpreter: delta-rs holds the GIL in some
+calls (setting table properties), so a server thread in the same interpreter could not answer
+them and the call stalled for three minutes of retries before failing."""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
-
-from tests.postgres import free_port
 
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -53,28 +52,37 @@ class S3Server:
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 
+# The server's process: moto on a port the kernel picks, which it prints, then nothing more.
+SERVE = """
+import os, threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+threading.Event().wait()
+"""
+
+
 @contextmanager
-def s3_server(timeout: float = 30.0) -> Iterator[S3Server]:
-    """Start moto's S3 server on a free port of 127.0.0.1; stop its process group on exit."""
-    port = free_port()
+def s3_server(timeout: float = 60.0) -> Iterator[S3Server]:
+    """Start moto's S3 server on 127.0.0.1; stop its process group on exit."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
+        [sys.executable, "-c", SERVE],
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    server = S3Server(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                httpx.get(f"{server.endpoint}/moto-api/", timeout=1.0)
-                break
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto's S3 server did not start on port {port}") from None
-                time.sleep(0.2)
+        if not select.select([process.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"moto's S3 server did not start within {timeout:g} s")
+        port = int(process.stdout.readline() or 0)
+        if not port:
+            raise RuntimeError(f"moto's S3 server exited with code {process.wait()}")
+        server = S3Server(endpoint=f"http://127.0.0.1:{port}", pid=process.pid)
+        httpx.get(f"{server.endpoint}/moto-api/", timeout=10.0).raise_for_status()
         yield server
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=10)
+        process.stdout.close()

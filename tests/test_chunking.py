@@ -6,6 +6,7 @@ from ragfresh.chunking import Chunker
 from ragfresh.documents import read_documents
 from ragfresh.parsing import parse_document
 from ragfresh.pii import PiiSpan, detect_pii, merge_spans, redact
+from ragfresh.pii_allow import parse_allow_list
 from tests.conftest import BUNDLED, HANDBOOK
 
 
@@ -109,6 +110,18 @@ def test_pii_in_a_title_is_redacted_in_the_embedded_text(chunker):
     title = "Escalations to maria.okafor@northwind-bank.com"
     [chunk] = chunker.chunk("x.md", "Call the lead.", [], "redact", title)
     assert "maria.okafor" not in chunk.embed_text and "<EMAIL_ADDRESS>" in chunk.embed_text
+
+
+def test_a_title_is_redacted_with_the_allow_list_its_text_was_scanned_with(chunker):
+    """One path for text and title: a term the allow list keeps in the text stays in the
+    title; without the list, the same title loses it."""
+    allow = parse_allow_list("Marie Curie\n")[0]
+    text, title = "Refunds may go to Marie Curie.", "Gifts to Marie Curie"
+    spans = detect_pii(text, allow)
+    [kept] = chunker.chunk("gifts.md", text, spans, "redact", title, allow)
+    assert kept.embed_text == f"{title}\n\n{text}"
+    [redacted] = chunker.chunk("gifts.md", text, spans, "redact", title)
+    assert redacted.embed_text.startswith("Gifts to <PERSON>\n\n")
 
 
 def test_a_long_heading_path_is_clipped_and_chunks_still_fit(chunker):

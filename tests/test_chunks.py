@@ -1,47 +1,93 @@
-"""`policy_chunks` follows the current documents, even when two refreshes overlap."""
+"""`policy_chunks` follows the current documents, even when two refreshes are started at once."""
 
 import threading
+from contextlib import contextmanager
 
 from ragfresh import chunks
 from ragfresh.chunking import Chunker
 from ragfresh.chunks import read_chunks, refresh_chunks
 from ragfresh.documents import ingest_documents
-from tests.conftest import HashEmbedder
+from tests.conftest import SMALL, HashEmbedder
 
 FEES = "retail/overdraft-fees.md"
 
 
-def test_an_overlapping_refresh_never_replaces_newer_chunks_with_older_ones(
+def test_a_refresh_started_while_another_writes_waits_and_never_replaces_newer_chunks(
     small_settings, monkeypatch
 ):
+    """The two cannot overlap: the second refresh, started while the first holds version 1
+    chunked but unwritten, reads the documents only once the first has written and let go of
+    the writer lock; had it read them before, one of the two merges would drop the other's
+    chunks of documents it did not see change."""
     ingest_documents(small_settings, "v1")
     chunker = Chunker.for_model(HashEmbedder())
-    path = small_settings.policies / FEES
-    first_done_chunking = threading.Event()
-    second_finished = threading.Event()
-    validate = chunks.failing_documents
+    steps: list[str] = []
+    first_paused, first_may_go, second_asked = (threading.Event() for _ in range(3))
+    read_documents, validate, writer_lock = (
+        chunks.read_documents,
+        chunks.failing_documents,
+        chunks.writer_lock,
+    )
 
-    def slow_first_writer(stale, new_chunks):
-        """The first refresh pauses between chunking version 1 and merging it."""
+    def reading(settings):
+        steps.append(f"{threading.current_thread().name} reads the documents")
+        return read_documents(settings)
+
+    def pausing(stale, new_chunks):
+        """The first refresh waits between chunking version 1 and merging it."""
         if threading.current_thread().name == "first":
-            first_done_chunking.set()
-            second_finished.wait(timeout=2)
+            first_paused.set()
+            assert first_may_go.wait(timeout=300)
         return validate(stale, new_chunks)
 
-    monkeypatch.setattr(chunks, "failing_documents", slow_first_writer)
-    first = threading.Thread(
-        target=refresh_chunks, args=(small_settings, chunker, "first"), name="first"
-    )
+    @contextmanager
+    def locking(settings, table):
+        name = threading.current_thread().name
+        steps.append(f"{name} asks for the lock")
+        if name == "second":
+            second_asked.set()
+        with writer_lock(settings, table):
+            yield
+        steps.append(f"{name} let go of the lock")
+
+    monkeypatch.setattr(chunks, "read_documents", reading)
+    monkeypatch.setattr(chunks, "failing_documents", pausing)
+    monkeypatch.setattr(chunks, "writer_lock", locking)
+    results: dict[str, chunks.ChunkResult] = {}
+    errors: list[BaseException] = []
+
+    def refresh(run_id: str) -> None:
+        try:
+            results[run_id] = refresh_chunks(small_settings, chunker, run_id)
+        except BaseException as exc:  # raised again below, in the test's own thread
+            errors.append(exc)
+            first_paused.set()
+
+    first = threading.Thread(target=refresh, args=("first",), name="first")
     first.start()
-    assert first_done_chunking.wait(timeout=60)
+    assert first_paused.wait(timeout=300) and not errors
+    path = small_settings.policies / FEES
     path.write_text(path.read_text() + "\nFrom 1 March the daily fee is 3 pounds.\n")
     ingest_documents(small_settings, "v2")
-    second = threading.Thread(
-        target=lambda: (refresh_chunks(small_settings, chunker, "second"), second_finished.set())
-    )
+    second = threading.Thread(target=refresh, args=("second",), name="second")
     second.start()
-    first.join(timeout=120)
-    second.join(timeout=120)
+    assert second_asked.wait(timeout=300)
+    first_may_go.set()
+    for thread in (first, second):
+        thread.join(timeout=300)
+        assert not thread.is_alive()
+    if errors:
+        raise errors[0]
 
-    versions = set(read_chunks(small_settings).filter(doc_id=FEES)["doc_version"])
-    assert versions == {2}
+    assert steps == [
+        "first asks for the lock",
+        "first reads the documents",
+        "second asks for the lock",
+        "first let go of the lock",
+        "second reads the documents",
+        "second let go of the lock",
+    ]
+    assert results["first"].documents_rechunked == len(SMALL)  # version 1 of every document
+    assert results["second"].documents_rechunked == 1  # the edit, not the first's work again
+    current = read_chunks(small_settings).select("doc_id", "doc_version").unique()
+    assert dict(current.iter_rows()) == {doc_id: 2 if doc_id == FEES else 1 for doc_id in SMALL}

@@ -1,10 +1,10 @@
 """The `ragfresh` command as a user runs it: a real process, a real Dagster instance."""
 
-import contextlib
 import json
 import os
+import re
+import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -50,38 +50,32 @@ def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
-def test_run_json_summary_and_runs_recorded_in_the_instance(settings, corpus):
-    (corpus / "broken.md").write_bytes(b"---\n: : :\n---\nx")
-    done = ragfresh(settings, "run", "--json")
+def test_run_json_summary_runs_recorded_and_nothing_to_do_loads_nothing_heavy(small_settings):
+    (small_settings.policies / "broken.md").write_bytes(b"---\n: : :\n---\nx")
+    done = ragfresh(small_settings, "run", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["documents"] == {
-        "added": 22, "changed": 0, "deleted": 0, "unchanged": 0, "quarantined": 1
+        "added": 5, "changed": 0, "deleted": 0, "unchanged": 0, "quarantined": 1
     }  # fmt: skip
     assert summary["quarantined_files"][0]["path"] == "broken.md"
-    instance = dg.DagsterInstance.from_config(str(settings.dagster_home))
+    instance = dg.DagsterInstance.from_config(str(small_settings.dagster_home))
     run = instance.get_run_by_id(summary["run_id"])
     assert run is not None and run.is_success
     assert instance.get_latest_materialization_event(dg.AssetKey("policy_documents")) is not None
 
-    text = ragfresh(settings, "run")
-    assert text.returncode == 0, text.stderr
+    # Nothing changed: no run, no model, no Dagster, no Great Expectations, the last summary.
+    text = heavy_modules_after(small_settings, ["run"])
     assert f"nothing changed since run {summary['run_id']}" in text.stdout
-    assert "documents: added 0, changed 0, deleted 0, unchanged 22, quarantined 1" in text.stdout
+    assert "documents: added 0, changed 0, deleted 0, unchanged 5, quarantined 1" in text.stdout
     assert "quarantined broken.md: malformed YAML front matter" in text.stdout
-    assert "freshness: 22 document versions served" in text.stdout
+    assert "freshness: 5 document versions served" in text.stdout
+    assert "HEAVY [] 0" in text.stdout, text.stdout + text.stderr
     assert len(instance.get_run_records()) == 1, "a run with nothing to do starts no run"
 
-    forced = json.loads(ragfresh(settings, "run", "--force", "--json").stdout)
+    forced = json.loads(ragfresh(small_settings, "run", "--force", "--json").stdout)
     assert forced["run_id"] and forced["vectors"]["embedded"] == 0
     assert forced["checks"]["document_freshness:freshness_objective"] == "passed"
-
-
-def test_a_run_with_nothing_to_do_loads_no_model_dagster_or_great_expectations(small_settings):
-    assert ragfresh(small_settings, "run").returncode == 0
-    done = heavy_modules_after(small_settings, ["run"])
-    assert "nothing changed since run" in done.stdout
-    assert "HEAVY [] 0" in done.stdout, done.stdout + done.stderr
 
 
 def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
@@ -94,7 +88,9 @@ def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
     assert done.stderr.startswith("ragfresh: error: policies folder not found")
 
 
-def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path):
+def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
+    small_settings, tmp_path
+):
     built = json.loads(ragfresh(small_settings, "run", "--json").stdout)
     assert built["vectors"]["embedded"] == built["vectors"]["rows"] > 0
     assert set(built["checks"]) == {
@@ -103,6 +99,7 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
         "policy_chunks:documents_held", "policy_vectors:expectations",
         "policy_vectors:vectors_reconcile", "regression_eval:eval_case_results_expectations",
         "regression_eval:release_gate", "document_freshness:freshness_objective",
+        "answer_impact:expectations",
     }  # fmt: skip
     assert set(built["checks"].values()) == {"passed"} and built["held"] == []
     assert built["eval"]["verdict"] == "passed" and built["eval"]["cases"] > 0
@@ -155,6 +152,29 @@ def test_search_trace_and_status_from_the_command_line(small_settings, tmp_path)
     missing = ragfresh(small_settings, "trace", "nope")
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr
 
+    # The same build, edited: a second release, evaluated, listed, rolled back.
+    path = small_settings.policies / "retail" / "overdraft-fees.md"
+    path.write_text(path.read_text().replace("$29 per item", "$32 per item"))
+    edited = ragfresh(small_settings, "run")
+    assert edited.returncode == 0, edited.stderr
+    assert "release: published release" in edited.stdout
+
+    evaluated = ragfresh(small_settings, "eval", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["reused"] is True  # nothing changed since the run
+
+    listed = json.loads(ragfresh(small_settings, "releases", "--json").stdout)
+    assert [r["served"] for r in listed] == [True, False]
+    back = ragfresh(small_settings, "rollback", "--reason", "not approved", "--json")
+    assert back.returncode == 0, back.stderr
+    done = json.loads(back.stdout)
+    assert done["release"] == listed[1]["release"] and done["reason"] == "not approved"
+    status = json.loads(ragfresh(small_settings, "status", "--json").stdout)
+    assert status["published"]["release"] == listed[1]["release"]
+    assert status["waiting"]["why"] == "rolled back"
+    again = ragfresh(small_settings, "rollback", "--to", "999")
+    assert again.returncode == 2 and "release 999 was never published" in again.stderr
+
 
 def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
     leave = small_settings.policies / "hr" / "annual-leave.md"
@@ -190,31 +210,6 @@ def test_bad_search_arguments_exit_2(small_settings, tmp_path):
     assert zero.returncode == 2 and "must be at least 1" in zero.stderr
 
 
-def test_eval_releases_and_rollback_from_the_command_line(small_settings, tmp_path):
-    assert ragfresh(small_settings, "run").returncode == 0
-    path = small_settings.policies / "retail" / "overdraft-fees.md"
-    path.write_text(path.read_text().replace("$29 per item", "$32 per item"))
-    edited = ragfresh(small_settings, "run")
-    assert edited.returncode == 0, edited.stderr
-    assert "release: published release" in edited.stdout
-
-    evaluated = ragfresh(small_settings, "eval", "--json")
-    assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["reused"] is True  # nothing changed since the run
-
-    listed = json.loads(ragfresh(small_settings, "releases", "--json").stdout)
-    assert [r["served"] for r in listed] == [True, False]
-    back = ragfresh(small_settings, "rollback", "--reason", "not approved", "--json")
-    assert back.returncode == 0, back.stderr
-    done = json.loads(back.stdout)
-    assert done["release"] == listed[1]["release"] and done["reason"] == "not approved"
-    status = json.loads(ragfresh(small_settings, "status", "--json").stdout)
-    assert status["published"]["release"] == listed[1]["release"]
-    assert status["waiting"]["why"] == "rolled back"
-    again = ragfresh(small_settings, "rollback", "--to", "999")
-    assert again.returncode == 2 and "release 999 was never published" in again.stderr
-
-
 def test_a_malformed_golden_file_stops_run_and_eval_with_its_line(small_settings, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("case_id,user_question\nx,Why?\n")
@@ -238,30 +233,30 @@ def test_an_unevaluated_release_says_so(settings, corpus):
 def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
     refused = ragfresh(settings, "serve")
     assert refused.returncode == 2 and "no API keys: set RAGFRESH_API_KEYS" in refused.stderr
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     keys = json.dumps({"cli-test-key-00000001": ["public"]})
-    server = subprocess.Popen(
-        [sys.executable, "-m", "ragfresh.cli", "serve", "--port", str(port)],
+    server = subprocess.Popen(  # port 0: the server binds a free port and logs which
+        [sys.executable, "-m", "ragfresh.cli", "serve", "--port", "0"],
         env=environment(settings, RAGFRESH_API_KEYS=keys),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
+    lines: list[bytes] = []
     try:
         deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "serve did not start"
-            with contextlib.suppress(httpx.TransportError):
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
-                break
-            time.sleep(0.5)
+        started = None
+        while started is None:  # its log line names the port it bound
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([server.stdout], [], [], left)[0], "not started"
+            lines.append(server.stdout.readline())
+            assert lines[-1], f"serve exited: {b''.join(lines).decode()}"
+            started = re.search(rb"running on http://127\.0\.0\.1:(\d+)", lines[-1])
+        url = f"http://127.0.0.1:{int(started[1])}"
+        health = httpx.get(f"{url}/health", timeout=30)
         assert health.status_code == 503 and health.json()["status"] == "no release"
         headers = {"Authorization": "Bearer cli-test-key-00000001"}
-        found = httpx.post(f"http://127.0.0.1:{port}/search", json={"question": "fee"},
-                           headers=headers, timeout=30)  # fmt: skip
+        found = httpx.post(f"{url}/search", json={"question": "fee"}, headers=headers, timeout=30)
         assert found.status_code == 503 and "run a refresh" in found.json()["error"]
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        output = server.communicate(timeout=60)[0].decode()
+        output = (b"".join(lines) + server.communicate(timeout=60)[0]).decode()
     assert "1 API keys from $RAGFRESH_API_KEYS" in output
     assert "cli-test-key-00000001" not in output

@@ -5,7 +5,7 @@ import dagster as dg
 from orchestration.definitions import defs
 from ragfresh.tables import TABLES
 
-FOLLOWS = "eager, upstream blocking checks passed"
+FOLLOWS = "eager after runs, upstream blocking checks passed"
 EXPECTED = {
     "policy_documents": {
         "deps": [], "group": "ingestion", "owners": ["team:data-platform"],
@@ -37,6 +37,11 @@ EXPECTED = {
         "kinds": ["deltalake", "lancedb"], "tags": {"layer": "serving", "pii": "redacted"},
         "automation": FOLLOWS,
     },
+    "answer_impact": {
+        "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
+        "kinds": ["deltalake", "lancedb"], "tags": {"layer": "audit", "pii": "redacted"},
+        "automation": FOLLOWS,
+    },
     "query_encoder": {
         "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
         "kinds": ["onnx", "pytorch"], "tags": {"layer": "serving", "pii": "none"},
@@ -48,9 +53,9 @@ EXPECTED = {
         "automation": None,
     },
     "quality_reports": {
-        "deps": ["regression_eval"], "group": "reporting", "owners": ["team:data-platform"],
-        "kinds": ["html"], "tags": {"layer": "quality", "pii": "redacted"},
-        "automation": FOLLOWS,
+        "deps": ["answer_impact", "served_index"], "group": "reporting",
+        "owners": ["team:data-platform"], "kinds": ["html"],
+        "tags": {"layer": "quality", "pii": "redacted"}, "automation": FOLLOWS,
     },
     "retrieval_traces": {
         "deps": ["served_index"], "group": "serving", "owners": ["team:data-platform"],
@@ -104,6 +109,7 @@ def test_vector_writes_share_one_pool_and_the_checks_block():
         "regression_eval:eval_case_results_expectations": True,
         "regression_eval:release_gate": False,  # enforced by publication; reports follow
         "document_freshness:freshness_objective": False,  # warns, then fails; blocks nothing
+        "answer_impact:expectations": True,
     }
 
 

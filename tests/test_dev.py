@@ -20,6 +20,10 @@ import pytest
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load_benchmark
 from tests.postgres import Postgres, PostgresMissingError, running_postgres
 
+# `ragfresh dev` here and in the other module of this group never run at once: two dev servers,
+# their daemons and runs would share two cores (and their free ports could meet).
+pytestmark = pytest.mark.xdist_group("ragfresh-dev")
+
 EDIT_TO_SERVED_BOUND_SECONDS = 240
 DEPLOY_INSTANCE = REPO / "deploy" / "dagster.yaml"
 POOL = "lancedb_writer"  # the pool of the assets that write the vector table

@@ -14,7 +14,11 @@ from ragfresh.documents import (
     read_documents,
 )
 from ragfresh.pii import PiiDetectorError
+from ragfresh.pipeline import refresh
+from ragfresh.reports import build_reports
+from ragfresh.search import search
 from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, TABLES
+from tests.conftest import SMALL, keep_only
 
 
 def all_versions(settings):
@@ -153,7 +157,7 @@ def test_removing_more_than_a_quarter_of_live_documents_stops_until_confirmed(
 
 def test_a_new_pii_detector_rescans_stored_documents(settings, monkeypatch):
     ingest_documents(settings, run_id="r1")
-    monkeypatch.setattr(documents, "detector_id", lambda: "presidio/next")
+    monkeypatch.setattr(documents, "detector_id", lambda allow: "presidio/next")
     result = ingest_documents(settings, run_id="r2")
     assert result.changed == 22
     current = read_documents(settings)
@@ -225,8 +229,48 @@ def test_a_pii_detector_that_cannot_load_stops_ingestion_before_any_write(settin
         ingest_documents(settings, run_id="r1")
     # A model whose package metadata is there but that fails to load fails in the file loop:
     # it must stop the run too, not quarantine every file as a bad one.
-    monkeypatch.setattr(documents, "detector_id", lambda: "presidio/broken-model")
+    monkeypatch.setattr(documents, "detector_id", lambda allow: "presidio/broken-model")
     with pytest.raises(PiiDetectorError, match="pip install no_such_ner_model"):
         ingest_documents(settings, run_id="r2")
     assert all(delta_store.open_table(settings.table_uri(name)) is None for name in TABLES)
     assert ingested_tree(settings) is None
+
+
+NOTICES = """# Legal Notices
+
+Formal notices may be sent to legal-support@northwind-bank.com at any time.
+
+The notices clerk, Octavia Okonkwo (octavia.okonkwo@northwind-bank.com), logs each one.
+
+Staff may give a notice's fee refund to the charity Marie Curie.
+"""
+
+
+def test_policy_words_and_role_addresses_are_served_and_an_allow_list_edit_rescans(
+    settings, corpus, embedder
+):
+    """Served verbatim: a fee table's "Discontinued", a product name, a role address; a
+    person's name and address are not. Adding a term to PII_ALLOW rescans every document,
+    re-embeds only the chunk it changes and shows in the owner's report."""
+    keep_only(corpus, [*SMALL, "retail/account-fees.md"])
+    (corpus / "legal").mkdir()
+    (corpus / "legal" / "notices.md").write_text(NOTICES)
+    refresh(settings, embedder, "r1")
+    fees = search(settings, embedder, "What is the extended overdraft fee?").hits
+    assert any("Discontinued; no daily" in h.text for h in fees)
+    checking = search(settings, embedder, "Monthly fee of Everyday Checking").hits
+    assert checking[0].doc_id == "retail/account-fees.md"
+    assert "| Everyday Checking | $8 |" in checking[0].text
+    notices = search(settings, embedder, "To which address may formal notices be sent?").hits
+    served = next(h.text for h in notices if h.doc_id == "legal/notices.md")
+    assert "legal-support@northwind-bank.com" in served
+    assert "Okonkwo" not in served and "octavia.okonkwo" not in served
+
+    (corpus / "PII_ALLOW").write_text("# charities and trademarks\nMarie Curie\n")
+    result = refresh(settings, embedder, "r2")
+    assert result["documents"]["changed"] == 7 and result["vectors"]["embedded"] == 1
+    assert set(read_documents(settings)["change"]) == {"rescanned"}
+    report = build_reports(settings, embedder.model_id)
+    html = "".join(r.path.read_text() for r in report.owners)
+    assert "Marie Curie" in html and "EMAIL_ADDRESS 1, PERSON 1" in html
+    assert "Okonkwo" not in html

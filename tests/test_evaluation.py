@@ -152,22 +152,36 @@ def test_hybrid_search_keeps_answering_while_a_model_change_rewrites_the_index(
     release = refresh(gated, embedder, "build")["release"]["release"]
     ensure = vectors._ensure_indexes
     rewritten, searched = threading.Event(), threading.Event()
+    outcome: list[object] = []  # what the rewrite returned, or the exception it raised
 
     def held_ensure(settings, table):  # hold the rewrite between its data and its index
         if not list(table.list_indices()):
             rewritten.set()
-            searched.wait(timeout=120)
+            assert searched.wait(timeout=300)
         ensure(settings, table)
 
+    def rewrite_with_another_model() -> None:
+        try:
+            outcome.append(sync_vectors(gated, HashEmbedder()))
+        except BaseException as exc:  # raised again in the test's own thread
+            outcome.append(exc)
+            rewritten.set()
+
     monkeypatch.setattr(vectors, "_ensure_indexes", held_ensure)
-    rewrite = threading.Thread(target=sync_vectors, args=(gated, HashEmbedder()))
+    rewrite = threading.Thread(target=rewrite_with_another_model)
     rewrite.start()
-    assert rewritten.wait(timeout=300)
+    assert rewritten.wait(timeout=300) and not outcome, outcome
     latest = open_vectors(gated)
     assert latest.version != release and not list(latest.list_indices())  # no full-text index
     answered = [search(gated, embedder, "How quickly is a complaint acknowledged?")]
     searched.set()
-    rewrite.join()
+    rewrite.join(timeout=300)
+    assert not rewrite.is_alive()
+    (synced,) = outcome
+    if isinstance(synced, BaseException):
+        raise synced
+    assert synced.model_changed and synced.model_id == HashEmbedder().model_id
+    assert synced.embedded == synced.rows > 0
     answered.append(search(gated, embedder, "How quickly is a complaint acknowledged?"))
     assert {r.release for r in answered} == {release}
     assert all(r.hits for r in answered)

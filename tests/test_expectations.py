@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import polars as pl
@@ -12,19 +13,24 @@ from ragfresh.expectations import (
     MAX_FAILED_ROWS,
     ROW_KEYS,
     SUITES,
+    data_docs_dir,
     load_suite,
     render_suite,
     suite_parameters,
     suite_path,
     validate,
 )
+from ragfresh.impact import record_impact
 from ragfresh.pipeline import refresh
-from ragfresh.table_checks import table_rows
+from ragfresh.search import search_many
+from ragfresh.table_checks import table_rows, validate_table
 from ragfresh.tables import POLICY_DOCUMENTS, TABLES, VECTORS
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
+from tests.offline import open_offline, row_text
 
 SUITE_NAMES = [
-    "eval_case_results", "ingest_errors", "policy_chunks", "policy_documents", "policy_vectors",
+    "answer_impact", "eval_case_results", "ingest_errors", "policy_chunks", "policy_documents",
+    "policy_vectors",
 ]  # fmt: skip
 
 
@@ -61,8 +67,9 @@ def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
     assert refresh_chunks(settings, Chunker.for_model(embedder), run_id="r1").blocked > 0
     documents = read_documents(settings, current_only=False)
     assert documents["is_deleted"].any()
-    result = validate(documents, load_suite(suite_path("policy_documents")), POLICY_DOCUMENTS.key)
-    assert result.success and result.evaluated == 12, result.failures
+    suite = load_suite(suite_path("policy_documents"))
+    result = validate(documents, suite, POLICY_DOCUMENTS.key)
+    assert result.success and result.evaluated == len(suite["expectations"]), result.failures
     chunks = validate(read_chunks(settings), load_suite(suite_path("policy_chunks")), ("chunk_id",))
     assert chunks.success, chunks.failures
 
@@ -111,6 +118,12 @@ def built(tmp_path_factory, embedder):
     (root / "policies" / "retail" / "broken.pdf").write_bytes(b"%PDF-1.4 cut short")
     settings = Settings.load(home=root / "home", policies=root / "policies", golden=BUNDLED_GOLDEN)
     refresh(settings, embedder, "build")
+    # An answer quoting the overdraft fee, then an edit of that fee: the answer is affected
+    search_many(settings, embedder, ["What is the daily overdraft fee?"], k=5, caller="assistant")
+    fees = root / "policies" / "retail" / "overdraft-fees.md"
+    fees.write_text(fees.read_text().replace("$", "USD "))
+    refresh(settings, embedder, "edit")
+    assert record_impact(settings, run_id="edit")
     return settings
 
 
@@ -153,3 +166,34 @@ def test_each_suite_fails_on_a_planted_bad_row_and_names_it(
     [failure] = [f for f in result.failures if f["column"] == column]
     assert failure["rows"] == [{k: planted[k][0] for k in ROW_KEYS[table]}]
     assert PLANTED not in json.dumps(result.failures)
+
+
+def test_data_docs_work_offline_and_tell_no_one(built, embedder, page, screenshots):
+    """Every Data Docs page loads its styles, scripts and fonts from the home: with the network
+    blocked no request leaves, none fails, no script errs, and each table shows its rows."""
+    parameters = suite_parameters(embedder.model_id, embedder.dimensions)
+    suites = {name: load_suite(suite_path(name)) for name in SUITE_NAMES}
+    for name, suite in suites.items():
+        assert not validate_table(built, name, suite, parameters).reused
+    site = data_docs_dir(built)
+    pages = sorted(site.rglob("*.html"))
+    # no CDN, no logo from the vendor's bucket, no newsletter or how-to link
+    assert not [p for p in pages if re.search(r"https?://", p.read_text())]
+
+    def visit(path, shot):
+        visited = open_offline(page, path)
+        assert (visited.remote, visited.failed, page.console_errors) == ([], [], []), path
+        page.screenshot(path=str(screenshots / f"{shot}.png"), full_page=True)
+
+    visit(site / "index.html", "index")
+    for name in SUITE_NAMES:  # the validation results tab lists every table's latest result
+        assert name in row_text(page, "table", name)
+    for name, suite in suites.items():
+        [result] = (site / "validations" / name).rglob("*.html")
+        visit(result, f"validation-{name}")
+        evaluated = row_text(page, "table", "Evaluated Expectations")
+        assert evaluated.split() == ["Evaluated", "Expectations", str(len(suite["expectations"]))]
+        assert "Must have exactly these columns" in row_text(page, "table", "these columns")
+        visit(site / "expectations" / f"{name}.html", f"suite-{name}")
+        assert row_text(page, "table", "Expectation Suite Name").split()[-1] == name
+        assert page.get_by_text("Must have exactly these columns").first.is_visible()

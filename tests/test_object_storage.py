@@ -32,6 +32,8 @@ from ragfresh.vectors import open_vectors, reconcile
 from tests.s3 import S3Server, s3_server
 from tests.test_cli import environment, ragfresh
 
+pytestmark = pytest.mark.xdist_group("s3")  # its module fixture: built once
+
 DISPUTES = "retail/card-disputes.md"
 OVERDRAFT = "retail/overdraft-fees.md"
 SECRET = "Zebra clause QX4471 sets the chargeback holdback at seventeen percent"

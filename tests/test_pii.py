@@ -11,13 +11,16 @@ from ragfresh.parsing import parse_document
 from ragfresh.pii import (
     PiiDetectorError,
     PiiSpan,
+    detect,
     detect_pii,
     detector_id,
     merge_spans,
     redact,
     to_original_offset,
 )
-from tests.conftest import BUNDLED
+from ragfresh.pii_allow import parse_allow_list
+from ragfresh.pipeline import refresh
+from tests.conftest import BUNDLED, keep_only
 
 TEXT = (
     "Write to maria.okafor@northwind-bank.com or call (212) 555-0187. "
@@ -121,3 +124,127 @@ def test_redaction_offsets_map_every_kept_character_back_to_itself(text, drawn):
     assert all(text[back[p]] == redacted[p] for p in kept)
     ends = [(back[r.redacted_start], back[r.redacted_end]) for r in replacements]
     assert ends == [(s.start, s.end) for s in spans] and back[-1] == len(text)
+
+
+PEOPLE_AND_POLICY_WORDS = """| Name | Role |
+|---|---|
+| Siobhán Ní Bhriain | Complaints Lead |
+| Jean-Luc Moreau-Lefèvre | Branch manager |
+
+Escalations go to Dr. Oluwaseun Adeyemi, or to Ms. Nguyen Thi Lan in her absence.
+
+Example: "Customer Ludwig van der Berg asked to close the account."
+
+Signed,
+Priya Raghunathan
+Chief Compliance Officer
+
+Grace period: 15 days. Press release dates are set by Marketing.
+"""
+
+
+def test_names_from_many_cultures_are_redacted_and_the_same_words_in_policy_text_are_not():
+    """A table, prose with honorifics, an example and a signature; hyphens, particles, accents."""
+    redacted = redact(PEOPLE_AND_POLICY_WORDS, detect_pii(PEOPLE_AND_POLICY_WORDS))[0]
+    for name in ["Siobhán", "Bhriain", "Jean-Luc", "Lefèvre", "Oluwaseun", "Adeyemi", "Nguyen",
+                 "Ludwig", "Berg", "Priya", "Raghunathan"]:  # fmt: skip
+        assert name not in redacted
+    assert "| <PERSON> | Complaints Lead |" in redacted and "Dr. <PERSON>," in redacted
+    assert "Customer <PERSON> asked" in redacted and "Signed,\n<PERSON>\n" in redacted
+    assert "Grace period: 15 days. Press release dates are set by Marketing." in redacted
+
+
+def test_placeholders_never_land_inside_links_urls_or_code():
+    text = (
+        'Use [Slack](https://slack.com/help) or [Zoom]({% page "/zoom/" %}); write to '
+        "[Maria Okafor](mailto:maria.okafor@bank.com) or see [José García](https://ex.com/jose) "
+        "and `Jane Doe` in the template."
+    )
+    redacted = redact(text, detect_pii(text))[0]
+    assert redacted == (
+        'Use [Slack](https://slack.com/help) or [Zoom]({% page "/zoom/" %}); write to '
+        "<PERSON> or see [<PERSON>](https://ex.com/jose) and `Jane Doe` in the template."
+    )
+
+
+def test_a_role_address_is_served_and_a_persons_address_in_the_same_text_is_not():
+    text = (
+        "Notices go to legal-support@github.com or privacy-office@bank.com. The Privacy Lead, "
+        "Maria Okafor (maria.okafor@bank.com), answers within 5 days; jdoe@bank.com is hers too."
+    )
+    assert {v for t, v in found(text) if t == "EMAIL_ADDRESS"} == {
+        "maria.okafor@bank.com",
+        "jdoe@bank.com",
+    }
+
+
+def test_the_bundled_policies_lose_no_policy_word_to_a_person_placeholder():
+    names = set()
+    for path in sorted(p for p in BUNDLED.rglob("*") if p.is_file() and not p.name.isupper()):
+        doc = parse_document(path.relative_to(BUNDLED).as_posix(), path.read_bytes())
+        names |= {
+            doc.text[s.start : s.end] for s in detect_pii(doc.text) if s.entity_type == "PERSON"
+        }
+    assert names == {"Maria Okafor", "J. Alvarez", "James Whitfield", "Daniel Reyes"}
+    fees = parse_document(
+        "retail/overdraft-fees.md", (BUNDLED / "retail/overdraft-fees.md").read_bytes()
+    )
+    assert (
+        "| Extended overdraft fee | $0 | Discontinued; no daily"
+        in redact(fees.text, detect_pii(fees.text))[0]
+    )
+
+
+def test_the_allow_list_keeps_its_terms_counts_them_and_names_the_detector():
+    allow, errors = parse_allow_list(
+        "# trademarks\nOctocat  # GitHub's mascot\n/Mona ?Lisa/\n/bad(/\n\n"
+    )
+    assert [e.written for e in allow.entries] == ["Octocat", "/Mona ?Lisa/"]
+    assert errors == ["line 4: invalid pattern (missing ), unterminated subpattern)"]
+    text = "Ask the Octocat, Mona Lisa and Dr. Octavia Okonkwo."
+    detection = detect(text, allow)
+    assert redact(text, detection.spans)[0] == "Ask the Octocat, Mona Lisa and Dr. <PERSON>."
+    assert detector_id(allow) != detector_id() and detector_id(allow).startswith(detector_id())
+
+
+STAFF_LIST_AND_PLACES = """Guild leads:
+
+          Ines Halvorsen - 18F<br />
+          Ysmerai Quodlin - 18F
+        <td>Greg Holt & Priya Natarajan</td>
+
+This video class is led by Will Fraser. In 1970, President Nixon's plan began.
+Take the Blue line from the Ronald Reagan Washington
+National Airport, read the Buddy Handbook, or walk to the Van Buren stops.
+"""
+
+
+def test_names_alone_in_cells_are_redacted_and_places_named_after_people_are_not():
+    """A staff list (a rare name on a line shaped like a listed name's), a table cell, a role
+    word and a title before a surname; an airport, a handbook and a stop keep their names."""
+    redacted = redact(STAFF_LIST_AND_PLACES, detect_pii(STAFF_LIST_AND_PLACES))[0]
+    assert redacted == (
+        "Guild leads:\n\n          <PERSON> - 18F<br />\n          <PERSON> - 18F\n"
+        "        <td><PERSON> & <PERSON></td>\n\n"
+        "This video class is led by <PERSON>. In 1970, President <PERSON>'s plan began.\n"
+        "Take the Blue line from the Ronald Reagan Washington\nNational Airport, read the Buddy "
+        "Handbook, or walk to the Van Buren stops.\n"
+    )
+
+
+def test_a_rare_run_on_a_line_shaped_like_no_listed_name_is_not_taken_for_one():
+    """No word of "Ysmerai Quodlin" is in a name list: only a staff list vouches for it."""
+    text = "Ask at the desk.\n\n          Ysmerai Quodlin - 18F\n"
+    assert not detect_pii(text)
+
+
+def test_an_allow_list_edit_re_embeds_only_the_chunks_it_changes_and_the_run_counts_them(
+    settings, corpus, embedder
+):
+    keep_only(corpus, ["hr/annual-leave.md"])
+    (corpus / "gifts.md").write_text("# Gifts\n\nStaff may give a fee refund to Marie Curie.\n")
+    refresh(settings, embedder, "r1")
+    (corpus / "PII_ALLOW").write_text("Marie Curie\n")
+    result = refresh(settings, embedder, "r2")
+    assert result["documents"]["changed"] == 2  # both rescanned: the detector's id moved
+    assert result["chunks"]["rescan_changed"] == 1 and result["vectors"]["embedded"] == 1

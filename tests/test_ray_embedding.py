@@ -178,13 +178,13 @@ def test_without_the_address_ray_is_never_imported():
 
 
 def test_an_unreachable_address_is_a_clear_error():
-    with socket.socket() as closed:
+    with socket.socket() as closed:  # bound, never listening: held, and every connection refused
         closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]  # nobody listens once it is closed
-    code = f"from ragfresh.ray_embedding import RayEmbedder; RayEmbedder('127.0.0.1:{port}')"
-    done = subprocess.run(
-        [sys.executable, "-c", f"{code}.encode(['a', 'b'])"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        port = closed.getsockname()[1]
+        code = f"from ragfresh.ray_embedding import RayEmbedder; RayEmbedder('127.0.0.1:{port}')"
+        done = subprocess.run(
+            [sys.executable, "-c", f"{code}.encode(['a', 'b'])"],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
     assert done.returncode == 1
     assert f"ConfigError: cannot reach the Ray cluster at '127.0.0.1:{port}'" in done.stderr

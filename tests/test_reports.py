@@ -18,10 +18,12 @@ from ragfresh.cli import main
 from ragfresh.config import Settings
 from ragfresh.documents import ingest_documents, read_documents
 from ragfresh.pipeline import refresh
+from ragfresh.releases import release_status
 from ragfresh.reports import ACTIONS, UNOWNED, build_reports, owner_slugs, reports_dir
 from ragfresh.tables import HELD_DOCUMENTS, POLICY_DOCUMENTS, empty_frame
 from ragfresh.vectors import open_vectors, vector_gaps
 from tests.conftest import BUNDLED, ENVIRONMENT, SMALL, keep_only
+from tests.offline import open_offline, row_text
 from tests.test_evaluation import GOLDEN, write_golden
 
 pytestmark = pytest.mark.xdist_group("reports")  # its module fixture builds a home
@@ -236,8 +238,12 @@ def test_the_report_command(built, capsys):
     assert held == sorted(owners_of(built)[HELD])
     assert all(Path(o["path"]).is_file() for o in printed["owners"])
 
+    served = printed["release"]["published"]["release"]
+    assert served == release_status(built)["published"]["release"]
+
     assert main(["report", "--owner", "team:financial-crime"]) == 0
     out = capsys.readouterr().out
+    assert f"\n  release {served} served\n" in out
     assert "team-financial-crime.html" in out and "needs action: Documents held back: 1" in out
     assert "team-hr.html" not in out and "index" not in out
 
@@ -263,9 +269,23 @@ def test_the_quality_reports_asset_names_every_page(built):
 
 
 def test_an_owner_report_in_the_browser(built, embedder, page, screenshots):
+    """The page works offline (it loads nothing), is red where action is needed, shows the
+    release served and each table's rows, and names no other owner's document."""
     owner = owners_of(built)[HELD][0]
-    report = next(r for r in build_reports(built, embedder.model_id).owners if r.owner == owner)
-    page.goto(report.path.as_uri())
+    reports = build_reports(built, embedder.model_id)
+    report = next(r for r in reports.owners if r.owner == owner)
+    visit = open_offline(page, report.path)
+    assert (visit.remote, visit.failed, page.console_errors) == ([], [], [])
+    served = reports.release["published"]["release"]
+    assert page.locator("#release").inner_text().startswith(f"Release {served} is served")
+    tables = page.locator("body > table").all()
+    assert len(tables) >= 2 and all(t.locator("tbody tr").first.is_visible() for t in tables)
+    held_row = row_text(page, "body > table", "expect_column_values_to_not_be_null")
+    assert held_row.split()[:4] == [HELD, "v2", "v1", "expectations"]
+    assert row_text(page, "table.keys", "chunk-0").split() == [HELD, "chunk-0"]  # keys only
+    documents = page.locator("body > table", has=page.locator("th", has_text="Classification"))
+    listed = documents.locator(f'tr[data-doc="{HELD}"]')
+    assert listed.is_visible() and listed.locator("td").first.inner_text() == HELD
     red = "rgb(176, 0, 32)"
     held = page.locator(f'tr[data-doc="{HELD}"]').first
     assert held.evaluate("row => getComputedStyle(row.cells[0]).color") == red

@@ -22,6 +22,8 @@ from ragfresh.service import create_app
 from ragfresh.tables import RETRIEVAL_TRACES
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
 
+pytestmark = pytest.mark.xdist_group("service")  # its module fixture: built once
+
 PUBLIC = "public-reader-key-0001"
 ALL = "all-reader-key-0000002"
 KEYS = ApiKeys({PUBLIC: frozenset(["public"]), ALL: frozenset(CLASSIFICATIONS)}, "test")
@@ -39,7 +41,7 @@ def running(app) -> Iterator[str]:
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 120
-    while not server.started:
+    while not server.started:  # uvicorn sets a flag, no event: polled, bounded generously
         assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
         time.sleep(0.05)
     try:
@@ -190,7 +192,7 @@ def test_an_internal_failure_is_a_json_500_that_leaks_nothing(service, monkeypat
 
 def test_the_openapi_schema_describes_the_routes(service):
     schema = service.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/search", "/health", "/traces/{trace_id}"}
+    assert set(schema["paths"]) == {"/search", "/health", "/traces/{trace_id}", "/impact"}
     request = schema["components"]["schemas"]["SearchRequest"]
     assert request["required"] == ["question"] and request["properties"]["k"]["maximum"] == 50
     assert "Hit" in schema["components"]["schemas"]
@@ -209,39 +211,44 @@ def test_a_release_published_while_requests_run_is_served_and_none_mixes_release
 ):
     refresh(small_settings, embedder, "build")
     responses: list[dict] = []
-    errors: list[str] = []
-    stop = threading.Event()
+    failures: list[object] = []  # error replies and exceptions of the client threads
+    stop, answered, switched = threading.Event(), threading.Event(), threading.Event()
 
-    def client(url: str) -> None:
-        with httpx.Client(base_url=url, headers=bearer(ALL), timeout=60) as http:
-            while not stop.is_set():
-                got = http.post("/search", json={"question": "overdraft item fee", "k": 5})
-                if got.status_code == 200:
+    def client(url: str, first: int) -> None:
+        try:
+            with httpx.Client(base_url=url, headers=bearer(ALL), timeout=60) as http:
+                while not stop.is_set():
+                    got = http.post("/search", json={"question": "overdraft item fee", "k": 5})
+                    if got.status_code != 200:
+                        failures.append(got.text)
+                        continue
                     responses.append(got.json())
-                else:
-                    errors.append(got.text)
+                    answered.set()
+                    if responses[-1]["release"] != first:
+                        switched.set()
+        except BaseException as exc:  # reported by the test's own thread
+            failures.append(exc)
+            answered.set()
 
     with running(create_app(small_settings, embedder, KEYS)) as url:
         first = httpx.get(f"{url}/health").json()["release"]
-        clients = [threading.Thread(target=client, args=(url,)) for _ in range(4)]
+        clients = [threading.Thread(target=client, args=(url, first)) for _ in range(4)]
         for thread in clients:
             thread.start()
         try:
-            time.sleep(1)
+            assert answered.wait(timeout=120) and not failures, failures
             page = corpus / "retail" / "overdraft-fees.md"
             page.write_text(page.read_text().replace("$29 per item", "$35 per item"))
             release = refresh(small_settings, embedder, "edit")["release"]
             assert release["published"] and release["release"] > first
-            deadline = time.monotonic() + 30
-            while not any(r["release"] == release["release"] for r in responses[-8:]):
-                assert time.monotonic() < deadline, "the new release was not picked up"
-                time.sleep(0.2)
+            assert switched.wait(timeout=60), "the new release was not picked up"
             health = httpx.get(f"{url}/health").json()
         finally:
             stop.set()
             for thread in clients:
                 thread.join(timeout=60)
-    assert not errors
+    assert not failures, failures
+    assert not any(thread.is_alive() for thread in clients)
     assert health["release"] == release["release"] and health["newer_published"] is False
     assert {r["release"] for r in responses} == {first, release["release"]}
     for response in responses:

@@ -135,17 +135,20 @@ def test_a_burst_of_saves_is_waited_out(tmp_path):
     os.utime(tmp_path, (old, old))
     assert wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=5) is not None
 
+    begun = threading.Event()
+
     def burst():
         for number in range(10):
             (tmp_path / f"burst{number}.md").write_text(f"# Burst {number}")
-            time.sleep(0.1)
+            begun.set()
+            time.sleep(0.05)  # the editor's pace between saves, a tenth of the quiet time
 
     writer = threading.Thread(target=burst)
     writer.start()
-    while not (tmp_path / "burst0.md").exists():  # the burst has begun
-        time.sleep(0.01)
-    settled = wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=10)
-    writer.join()
+    assert begun.wait(timeout=60)
+    settled = wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=60)
+    writer.join(timeout=60)
+    assert not writer.is_alive()
     assert settled is not None and len(settled.files) == 14  # 3 policies, OWNERS, 10 new
     assert time.time() - settled.newest_mtime >= 0.5
 
@@ -155,9 +158,8 @@ def test_a_tree_that_keeps_changing_gives_up_at_the_timeout(tmp_path):
     stop = threading.Event()
 
     def keep_writing():
-        while not stop.is_set():
+        while not stop.wait(0.05):  # a save every 0.05 s, a tenth of the quiet time
             (tmp_path / "p0.md").write_text(f"# Policy {time.time()}")
-            time.sleep(0.05)
 
     writer = threading.Thread(target=keep_writing)
     writer.start()
@@ -165,4 +167,4 @@ def test_a_tree_that_keeps_changing_gives_up_at_the_timeout(tmp_path):
         assert wait_until_quiet(tmp_path, None, quiet_seconds=0.5, timeout=1.5) is None
     finally:
         stop.set()
-        writer.join()
+        writer.join(timeout=60)

@@ -62,7 +62,7 @@ def test_traces_past_retention_are_deleted_from_every_stored_file(settings, monk
     write_traces(settings, [trace("what is the new fee")], run_id="t")
     assert b"old fee" in stored_bytes(settings)  # stored as written, so its absence means erased
 
-    assert prune_traces(settings, run_id="t") == {"deleted": 1, "kept": 1}
+    assert prune_traces(settings, run_id="t") == {"deleted": 1, "kept": 1, "impact_deleted": 0}
     assert read_traces(settings)["question"].to_list() == ["what is the new fee"]
     assert b"old fee" not in stored_bytes(settings)
-    assert prune_traces(settings, run_id="t") == {"deleted": 0, "kept": 1}
+    assert prune_traces(settings, run_id="t") == {"deleted": 0, "kept": 1, "impact_deleted": 0}

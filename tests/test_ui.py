@@ -36,6 +36,10 @@ from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
+# `ragfresh dev` here and in the other module of this group never run at once: two dev servers,
+# their daemons and runs would share two cores (and their free ports could meet).
+pytestmark = pytest.mark.xdist_group("ragfresh-dev")
+
 STARTUP_TIMEOUT_SECONDS = 180
 RUN_TIMEOUT_SECONDS = 300  # a full build of the bundled corpus takes about a minute here
 SENSOR_RUN_TIMEOUT_SECONDS = 240  # the sensor waits for runs in flight before it requests one

@@ -1,5 +1,5 @@
 """The gate in the asset graph: a blocked candidate is not published, the release stays, and
-the owners' reports are still built."""
+the owners' reports are still built after it, saying so."""
 
 from pathlib import Path
 
@@ -8,6 +8,7 @@ import dagster as dg
 from orchestration.definitions import defs
 from ragfresh.config import Settings
 from ragfresh.releases import release_status
+from ragfresh.reports import reports_dir
 from tests.test_evaluation import write_golden
 
 
@@ -19,6 +20,8 @@ def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_report
     job = defs.resolve_job_def("refresh_policies")
     assert job.execute_in_process(instance=instance).success
     served = release_status(Settings.load())["published"]["release"]
+    pages = sorted((reports_dir(Settings.load()) / "owners").glob("*.html"))
+    assert pages and all(f"Release {served} is served" in p.read_text() for p in pages)
 
     monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=block")
     result = job.execute_in_process(instance=instance, raise_on_error=False)
@@ -33,7 +36,13 @@ def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_report
     }
     assert not ran["served_index"]["published"].value
     assert ran["served_index"]["message"].value.endswith(f"release {served} keeps serving")
-    assert Path(ran["quality_reports"]["index"].value).exists()
+    assert ran["quality_reports"]["release"].value == served
+    index = Path(ran["quality_reports"]["index"].value)
+    for page in [index, *pages]:  # rebuilt after the publication step declined the candidate
+        html = page.read_text()
+        assert f"Release {served} is served" in html, page
+        assert f"Candidate {ran['regression_eval']['summary'].value['candidate']} is not " in html
+        assert f"blocked by the evaluation; release {served} is still served" in html
     status = release_status(Settings.load())
     assert status["published"]["release"] == served
     assert status["waiting"]["why"] == "blocked by the evaluation"

@@ -34,6 +34,7 @@ ALL_PASS = {
     "regression_eval:eval_case_results_expectations": True,
     "regression_eval:release_gate": True,
     "document_freshness:freshness_objective": True,
+    "answer_impact:expectations": True,
 }
 
 

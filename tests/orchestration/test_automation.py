@@ -6,6 +6,7 @@ from deltalake import write_deltalake
 
 from assets.chunks import policy_chunks
 from assets.documents import policy_documents
+from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.definitions import defs
 
 # The same two stages under `eager()` alone, for comparison.
@@ -51,3 +52,29 @@ def test_an_upstream_failed_blocking_check_holds_downstream_assets(small_setting
 
     assert "policy_chunks" not in requested(defs, instance, ours)[0]
     assert "policy_chunks" in requested(EAGER, instance, eager)[0]  # would chunk the bad rows
+
+
+def test_a_confirmation_without_a_run_does_not_rebuild_what_follows():
+    """`stale_embeddings_sensor` confirms `served_index` with a materialization that no run
+    made: what follows it (reports, the query encoder) is rebuilt after runs only."""
+
+    @dg.asset
+    def upstream() -> None: ...
+
+    @dg.asset(deps=[upstream], automation_condition=FOLLOWS_UPSTREAM)
+    def downstream() -> None: ...
+
+    @dg.asset(deps=[upstream], automation_condition=dg.AutomationCondition.eager())
+    def eager_downstream() -> None: ...
+
+    graph = dg.Definitions(assets=[upstream, downstream, eager_downstream])
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize([upstream, downstream, eager_downstream], instance=instance).success
+    _, cursor = requested(graph, instance)
+
+    instance.report_runless_asset_event(dg.AssetMaterialization("upstream"))
+    keys, cursor = requested(graph, instance, cursor)
+    assert keys == {"eager_downstream"}  # eager() alone would rebuild on the confirmation
+
+    assert dg.materialize([upstream], instance=instance).success
+    assert "downstream" in requested(graph, instance, cursor)[0]

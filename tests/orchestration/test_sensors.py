@@ -17,6 +17,8 @@ from ragfresh.embedding import default_model_path
 from ragfresh.vectors import VECTORS
 
 LEAVE = "hr/annual-leave.md"
+NO_CHANGE = "no change in 6 files"  # five policies and OWNERS
+ALL_CURRENT = "vectors match the current chunks and model; nothing waits"
 
 
 @pytest.fixture
@@ -32,20 +34,29 @@ class Ticks:
 
     def __init__(self, sensor, instance, **resources):
         self.sensor, self.instance, self.cursor, self.events = sensor, instance, None, []
+        self.skipped: str | None = None
         self.resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
         self.resources |= resources
 
     def tick(self) -> list[dg.RunRequest]:
-        """The run requests of one tick."""
+        """The run requests of one tick; `skipped` keeps the reason it gave for none."""
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources=self.resources
         )
         result = self.sensor(context)
         if isinstance(result, dg.SkipReason):
+            self.events, self.skipped = [], result.skip_message
             return []
         self.cursor = result.cursor or self.cursor
         self.events = list(result.asset_events or [])
+        self.skipped = result.skip_reason.skip_message if result.skip_reason else None
         return list(result.run_requests or [])
+
+    def skip(self) -> str:
+        """One tick that must request nothing: the reason it gave."""
+        requests = self.tick()
+        assert requests == [] and self.skipped, (requests, self.skipped)
+        return self.skipped
 
     def checks(self) -> list[dg.AssetCheckEvaluation]:
         """The check evaluations the last tick reported."""
@@ -80,11 +91,11 @@ def test_source_sensor_requests_one_run_per_change_and_none_for_a_touch(
     (first,) = source.tick()  # a new home: build it
     assert first.tags["ragfresh/trigger"] == "policy_source_sensor"
     assert execute(instance, first, "refresh_policies")["policy_documents"]["added"] == 5
-    assert source.tick() == []
+    assert source.skip() == NO_CHANGE
 
     later = time.time() + 5
     os.utime(root / LEAVE, (later, later))
-    assert source.tick() == [], "a touch changes no content"
+    assert source.skip() == NO_CHANGE, "a touch changes no content"
 
     path = root / LEAVE
     path.write_text(path.read_text() + "\n\nStaff may carry over ten days of leave.\n")
@@ -92,32 +103,50 @@ def test_source_sensor_requests_one_run_per_change_and_none_for_a_touch(
     assert edit.tags["ragfresh/changes"] == "1 changed" and edit.run_key != first.run_key
     done = execute(instance, edit, "refresh_policies")
     assert done["policy_documents"]["changed"] == 1 and done["served_index"]["published"]
-    assert source.tick() == []
+    assert source.skip() == NO_CHANGE
 
     (root / "retail" / "overdraft-fees.md").unlink()
     (removal,) = source.tick()
     assert removal.tags["ragfresh/changes"] == "1 removed"
     assert execute(instance, removal, "refresh_policies")["policy_documents"]["deleted"] == 1
-    assert source.tick() == []
+    assert source.skip() == "no change in 5 files"
 
 
-def test_a_burst_of_saves_requests_one_run(instance, small_settings):
+def test_the_source_sensor_waits_for_a_run_in_flight(instance, small_settings):
+    root = small_settings.policies
+    settle_mtimes(root)
+    source = Ticks(policy_source_sensor, instance)
+    source.cursor = json.dumps({"tree": _tree_json(root)})
+    (root / LEAVE).write_text("# Leave\n\nRewritten.\n")
+    settle_mtimes(root)
+    queued = instance.create_run_for_job(defs.resolve_job_def("refresh_policies"))
+    assert source.skip() == f"policies changed; waiting for run {queued.run_id} to finish"
+    instance.report_run_canceled(queued)
+    (edit,) = source.tick()
+    assert edit.tags["ragfresh/changes"] == "1 changed"
+
+
+def test_a_burst_of_saves_requests_one_run(instance, small_settings, monkeypatch):
+    monkeypatch.setenv("RAGFRESH_SOURCE_QUIET", "1s")  # twenty times the editor's pause
     root = small_settings.policies
     settle_mtimes(root)
     source = Ticks(policy_source_sensor, instance)
     source.cursor = json.dumps({"tree": _tree_json(root)})  # as if already built
+    begun = threading.Event()
 
     def burst():
         for number in range(30):
             (root / f"burst-{number}.md").write_text(f"# Burst {number}\n\nSaved by an editor.")
-            time.sleep(0.03)
+            begun.set()
+            time.sleep(0.05)  # the editor's pace between saves, not a synchronisation
 
     writer = threading.Thread(target=burst)
     writer.start()
-    time.sleep(0.05)
+    assert begun.wait(timeout=60)
     requests = source.tick()  # starts mid-burst and waits for the folder to go quiet
-    writer.join()
-    requests += source.tick()
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    assert source.skip() == "no change in 36 files"
     assert len(requests) == 1 and requests[0].tags["ragfresh/changes"] == "30 added"
 
 
@@ -149,7 +178,7 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     (build,) = Ticks(policy_source_sensor, instance).tick()
     execute(instance, build, "refresh_policies")
     stale = Ticks(stale_embeddings_sensor, instance)
-    assert stale.tick() == []
+    assert stale.skip() == ALL_CURRENT
 
     table = lancedb.connect(small_settings.vectors_uri).open_table(VECTORS)
     gone = table.search().limit(1).to_list()[0]["chunk_id"]
@@ -160,7 +189,7 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     repaired = execute(instance, repair, "refresh_vectors")
     assert repaired["policy_vectors"]["embedded"] == 1  # its vector went with the row
     assert repaired["served_index"]["published"]
-    assert stale.tick() == []
+    assert stale.skip() == ALL_CURRENT
 
     upgraded = tmp_path / "upgraded-model"
     shutil.copytree(default_model_path(), upgraded)
@@ -191,7 +220,7 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
     _, cursor = confirmations(None)  # its first look reports the freshness check
     assert confirmations(cursor)[0] == []  # just published: nothing to confirm
     monkeypatch.setenv("RAGFRESH_FRESHNESS_SLO", "0.1s")
-    time.sleep(0.1)
+    time.sleep(max(0.0, published.timestamp + 0.06 - time.time()))  # past half the objective
     (confirmed,), _ = confirmations(cursor)
     assert confirmed.asset_key == key
     release = published.asset_materialization.metadata["release"].value
