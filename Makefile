@@ -55,7 +55,7 @@ postgresql:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends postgresql
 
 run: install
-	$(BIN)/ragfresh run
+	$(BIN)/policyfresh run
 
 lint: install
 	$(BIN)/ruff check .
@@ -66,7 +66,7 @@ test: lint browser postgresql $(SS)
 	$(BIN)/pytest
 
 dev: install
-	$(BIN)/ragfresh dev $(if $(SERVE),--serve $(SERVE))
+	$(BIN)/policyfresh dev $(if $(SERVE),--serve $(SERVE))
 
 benchmark: install
 	$(BIN)/python benchmarks/refresh.py
@@ -76,4 +76,4 @@ benchmark: install
 	$(BIN)/python benchmarks/scale.py
 
 clean:
-	rm -rf .ragfresh
+	rm -rf .policyfresh

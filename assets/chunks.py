@@ -5,12 +5,12 @@ import polars as pl
 
 from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
-from ragfresh.documents import read_documents
-from ragfresh.holds import describe_hold, read_holds
-from ragfresh.tables import POLICY_CHUNKS
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
+from policyfresh.ingest.documents import read_documents
+from policyfresh.index.holds import describe_hold, read_holds
+from policyfresh.store.tables import POLICY_CHUNKS
 
 HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "reasons"]
 
@@ -38,10 +38,10 @@ HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "r
     ],
 )
 def policy_chunks(
-    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Re-chunk only documents with a new version, token-aware, with offsets; PII redacted."""
-    settings, chunker = ragfresh.settings(), Chunker.for_model(embedder.embedder())
+    settings, chunker = policyfresh.settings(), Chunker.for_model(embedder.embedder())
     result = refresh_chunks(settings, chunker, run_id=context.run.run_id)
     context.log.info("policy_chunks: %s", result)
     yield dg.MaterializeResult(

@@ -4,10 +4,10 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import markdown_table, table_asset
-from orchestration.resources import RagfreshResource
-from ragfresh.documents import ingest_documents
-from ragfresh.sources import OWNERS_FILE
-from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
+from orchestration.resources import PolicyfreshResource
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.ingest.sources import OWNERS_FILE
+from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polars"}}
 
@@ -18,9 +18,9 @@ BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polar
         for table in (POLICY_DOCUMENTS, INGEST_ERRORS)
     ],
 )
-def policy_documents(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
+def policy_documents(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
     """Scan, parse, hash, detect PII and resolve owners; write only what changed."""
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     result = ingest_documents(settings, run_id=context.run.run_id)
     changes = result.new_versions.select(
         "doc_id",

@@ -6,13 +6,13 @@ import polars as pl
 
 from assets.metadata import markdown_table
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.evaluation import Evaluation, evaluate
-from ragfresh.tables import EVAL_CASE_RESULTS, EVAL_RUNS
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.quality.evaluation import Evaluation, evaluate
+from policyfresh.store.tables import EVAL_CASE_RESULTS, EVAL_RUNS
 
 UNEVALUATED = (
     "**Unevaluated**: no golden case applies to this corpus, so nothing gates its releases. "
-    "Set `RAGFRESH_GOLDEN_CASES` to a file of cases over these policies."
+    "Set `POLICYFRESH_GOLDEN_CASES` to a file of cases over these policies."
 )
 
 
@@ -52,11 +52,11 @@ def _report(evaluation: Evaluation) -> str:
     ],
 )
 def regression_eval(
-    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Evaluate the newest index with the golden cases, affected cases first; diff with the
     previous run. Written to `eval_runs` and `eval_case_results`."""
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     evaluation = evaluate(settings, embedder.embedder(), run_id=context.run.run_id)
     if evaluation is None:
         raise dg.Failure("no vector index to evaluate: policy_vectors has not been built")

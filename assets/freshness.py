@@ -6,10 +6,10 @@ from typing import Any
 import dagster as dg
 
 from assets.metadata import table_asset
-from orchestration.resources import RagfreshResource
-from ragfresh.config import Settings
-from ragfresh.freshness import freshness_summary
-from ragfresh.tables import DOCUMENT_FRESHNESS
+from orchestration.resources import PolicyfreshResource
+from policyfresh.store.config import Settings
+from policyfresh.store.freshness import freshness_summary
+from policyfresh.store.tables import DOCUMENT_FRESHNESS
 
 FRESHNESS_CHECK = "freshness_objective"
 
@@ -18,7 +18,7 @@ document_freshness = dg.AssetSpec(
     deps=["served_index"],
     description=DOCUMENT_FRESHNESS.description
     + " Written by ingestion, embedding and publication; the objective is"
-    " `RAGFRESH_FRESHNESS_SLO` (default 10 minutes).",
+    " `POLICYFRESH_FRESHNESS_SLO` (default 10 minutes).",
     **table_asset(DOCUMENT_FRESHNESS, group="serving", layer="quality", kinds={"deltalake"}),
 )
 
@@ -65,5 +65,5 @@ def judge_freshness(settings: Settings) -> dict[str, Any]:
     # publication back and the run skipped it) `stale_embeddings_sensor` reports it.
     additional_deps=["served_index"],
 )
-def freshness_objective(ragfresh: RagfreshResource) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(**judge_freshness(ragfresh.settings()))
+def freshness_objective(policyfresh: PolicyfreshResource) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(**judge_freshness(policyfresh.settings()))

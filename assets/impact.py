@@ -1,15 +1,15 @@
 """Serving stage: the earlier answers each publication made wrong, in `answer_impact`, and the
-optional notice of them (`RAGFRESH_IMPACT_WEBHOOK`), sent after the release is served."""
+optional notice of them (`POLICYFRESH_IMPACT_WEBHOOK`), sent after the release is served."""
 
 import dagster as dg
 import polars as pl
 
 from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import RagfreshResource
-from ragfresh.impact import record_impact
-from ragfresh.impact_notice import notify, summary
-from ragfresh.tables import ANSWER_IMPACT, empty_frame
+from orchestration.resources import PolicyfreshResource
+from policyfresh.serve.impact import record_impact
+from policyfresh.serve.impact_notice import notify, summary
+from policyfresh.store.tables import ANSWER_IMPACT, empty_frame
 
 
 @dg.asset(
@@ -21,8 +21,8 @@ from ragfresh.tables import ANSWER_IMPACT, empty_frame
     automation_condition=FOLLOWS_UPSTREAM,
     **table_asset(ANSWER_IMPACT, group="serving", layer="audit", kinds={"deltalake", "lancedb"}),
 )
-def answer_impact(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
-    settings = ragfresh.settings()
+def answer_impact(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
+    settings = policyfresh.settings()
     recorded = record_impact(settings, run_id=context.run.run_id)
     deliveries = []
     for entry in recorded:

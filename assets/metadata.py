@@ -7,7 +7,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-from ragfresh.tables import TableDef
+from policyfresh.store.tables import TableDef
 
 
 def table_metadata(table: TableDef) -> dict[str, Any]:

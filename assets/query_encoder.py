@@ -1,12 +1,12 @@
-"""Serving stage: the model exported to ONNX, so `ragfresh search` answers from a cold shell
+"""Serving stage: the model exported to ONNX, so `policyfresh search` answers from a cold shell
 without importing torch."""
 
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.query_encoder import MIN_COSINE, ExportError, export_onnx
-from ragfresh.tables import RETRIEVAL_TRACES
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.serve.query_encoder import MIN_COSINE, ExportError, export_onnx
+from policyfresh.store.tables import RETRIEVAL_TRACES
 
 
 @dg.asset(
@@ -18,12 +18,12 @@ from ragfresh.tables import RETRIEVAL_TRACES
     automation_condition=FOLLOWS_UPSTREAM,
 )
 def query_encoder(
-    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Export the served model's query encoder to ONNX once per model and trust it only when
     its vectors match torch's. A model that cannot be exported is reported, not fatal:
     searches then use torch."""
-    settings, model = ragfresh.settings(), embedder.embedder()
+    settings, model = policyfresh.settings(), embedder.embedder()
     try:
         export = export_onnx(settings, model)
     except ExportError as exc:

@@ -5,9 +5,9 @@ import polars as pl
 
 from assets.metadata import markdown_table
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.reports import build_reports
-from ragfresh.tables import EVAL_RUNS
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.quality.reports import build_reports
+from policyfresh.store.tables import EVAL_RUNS
 
 
 @dg.asset(
@@ -21,13 +21,13 @@ from ragfresh.tables import EVAL_RUNS
     automation_condition=FOLLOWS_UPSTREAM,
 )
 def quality_reports(
-    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Write one HTML page per data owner about their own documents (held back, late, badly
     embedded, evaluation cases that fail or moved, PII types found) and an index of owners,
     under `<home>/reports`, each saying which release is served and which candidate waits.
     No document text or PII value is written."""
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     reports = build_reports(settings, embedder.embedder().model_id)
     owners = pl.DataFrame(
         [

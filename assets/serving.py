@@ -5,10 +5,10 @@ from datetime import timedelta
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import RagfreshResource
-from ragfresh.config import freshness_slo
-from ragfresh.releases import SERVED, publish_candidate, release_status
-from ragfresh.tables import RELEASES
+from orchestration.resources import PolicyfreshResource
+from policyfresh.store.config import freshness_slo
+from policyfresh.release.releases import SERVED, publish_candidate, release_status
+from policyfresh.store.tables import RELEASES
 
 OBJECTIVE = timedelta(seconds=freshness_slo())
 
@@ -26,11 +26,11 @@ OBJECTIVE = timedelta(seconds=freshness_slo())
         fail_window=OBJECTIVE, warn_window=OBJECTIVE / 2
     ),
 )
-def served_index(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
+def served_index(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
     """Point the `served` tag at the candidate that passed its evaluation (or that no golden
     case applies to); record who and why. A blocked candidate is never published: the
     previous release keeps serving and the materialization says why."""
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     result = publish_candidate(settings, actor=f"run:{context.run.run_id}")
     context.log.info("served_index: %s", result.message)
     status = release_status(settings)

@@ -1,13 +1,13 @@
 """Search receipts: `retrieval_traces` is written by every search; materializing it enforces
-the retention (`RAGFRESH_TRACE_RETENTION_DAYS`) on them and on their rows of `answer_impact`,
+the retention (`POLICYFRESH_TRACE_RETENTION_DAYS`) on them and on their rows of `answer_impact`,
 in every refresh and once a day."""
 
 import dagster as dg
 
 from assets.metadata import table_asset
-from orchestration.resources import RagfreshResource
-from ragfresh.tables import RETRIEVAL_TRACES
-from ragfresh.trace_store import prune_traces
+from orchestration.resources import PolicyfreshResource
+from policyfresh.store.tables import RETRIEVAL_TRACES
+from policyfresh.serve.trace_store import prune_traces
 
 DAILY = (
     dg.AutomationCondition.cron_tick_passed("0 3 * * *") & ~dg.AutomationCondition.in_progress()
@@ -18,13 +18,13 @@ DAILY = (
     name=RETRIEVAL_TRACES.name,
     deps=["served_index"],
     description=RETRIEVAL_TRACES.description
-    + " Written by `ragfresh search`, `search()` and the service, the question redacted;"
+    + " Written by `policyfresh search`, `search()` and the service, the question redacted;"
     " materializing it deletes traces past their retention, and their answer_impact rows.",
     automation_condition=DAILY,
     **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )
-def retrieval_traces(context: dg.AssetExecutionContext, ragfresh: RagfreshResource):
-    settings = ragfresh.settings()
+def retrieval_traces(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
+    settings = policyfresh.settings()
     counts = prune_traces(settings, run_id=context.run.run_id)
     context.log.info(
         "retrieval_traces: %d past %d days deleted, %d kept",

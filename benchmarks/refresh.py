@@ -1,5 +1,5 @@
 """Refresh benchmark on the 18F handbook: full build against raw `model.encode`, no-op refresh,
-one real edit, a deleted page, search latency, peak memory, and `ragfresh run` end to end as a
+one real edit, a deleted page, search latency, peak memory, and `policyfresh run` end to end as a
 person types it (no-op and one real edit). Prints and saves the figures.
 
     .venv/bin/python benchmarks/refresh.py [--out benchmarks/results/refresh.json]
@@ -21,16 +21,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import read_chunks, refresh_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import ingest_documents
-from ragfresh.embedding import Embedder
-from ragfresh.evaluation import evaluate
-from ragfresh.pipeline import refresh
-from ragfresh.releases import publish_candidate
-from ragfresh.search import search_many
-from ragfresh.vectors import reconcile, sync_vectors
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.index.embedding import Embedder
+from policyfresh.quality.evaluation import evaluate
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import publish_candidate
+from policyfresh.serve.search import search_many
+from policyfresh.index.vectors import reconcile, sync_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
@@ -45,29 +45,29 @@ def timed(fn, *args):
     return value, time.perf_counter() - started
 
 
-def ragfresh_run(settings: Settings) -> tuple[dict, float]:
-    """`ragfresh run --json` in a new process, as a person runs it: its summary and seconds."""
+def policyfresh_run(settings: Settings) -> tuple[dict, float]:
+    """`policyfresh run --json` in a new process, as a person runs it: its summary and seconds."""
     env = os.environ | {
-        "RAGFRESH_HOME": str(settings.home),
-        "RAGFRESH_POLICIES": str(settings.policies),
-        "RAGFRESH_GOLDEN_CASES": str(GOLDEN),
+        "POLICYFRESH_HOME": str(settings.home),
+        "POLICYFRESH_POLICIES": str(settings.policies),
+        "POLICYFRESH_GOLDEN_CASES": str(GOLDEN),
     }
-    command = [sys.executable, "-m", "ragfresh.cli", "run", "--json"]
+    command = [sys.executable, "-m", "policyfresh.cli.commands", "run", "--json"]
     done, seconds = timed(lambda: subprocess.run(command, env=env, capture_output=True, text=True))
     if done.returncode not in (0, 1):
-        raise RuntimeError(f"ragfresh run failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"policyfresh run failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout), seconds
 
 
 def command_line(settings: Settings, edit: dict) -> dict:
-    """End-to-end seconds of `ragfresh run`: the first (which records what it left), three
+    """End-to-end seconds of `policyfresh run`: the first (which records what it left), three
     with nothing changed, and one real edit."""
-    _, first = ragfresh_run(settings)
-    noops = [ragfresh_run(settings) for _ in range(3)]
+    _, first = policyfresh_run(settings)
+    noops = [policyfresh_run(settings) for _ in range(3)]
     assert all(summary["nothing_changed_since"] for summary, _ in noops)
     target = settings.policies / edit["path"].removeprefix("pages/")
     shutil.copy(HANDBOOK / edit["after_file"], target)
-    edited, edit_seconds = ragfresh_run(settings)
+    edited, edit_seconds = policyfresh_run(settings)
     return {
         "first_run_seconds": round(first, 2),
         "noop_seconds": [round(seconds, 2) for _, seconds in noops],
@@ -90,7 +90,7 @@ def main() -> None:
         for c in map(json.loads, (HANDBOOK / "changes" / "changes.jsonl").read_text().splitlines())
     }
     edit = changes[EDIT]
-    work = Path(tempfile.mkdtemp(prefix="ragfresh-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="policyfresh-bench-"))
     policies = work / "pages"
     shutil.copytree(HANDBOOK / "pages", policies)
     target = policies / edit["path"].removeprefix("pages/")

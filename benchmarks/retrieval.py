@@ -6,7 +6,7 @@ Prints and saves the figures.
     .venv/bin/python benchmarks/retrieval.py [--corpus bundled|18f] [--out FILE.json]
 
 Variants: `before` is LanceDB's built-in hybrid query (each retriever gives k candidates to
-its reciprocal rank fusion) over the chunk text alone; `after` is ragfresh's own fusion (the
+its reciprocal rank fusion) over the chunk text alone; `after` is policyfresh's own fusion (the
 number of candidates per retriever varied around it) over the text with its title and headings.
 """
 
@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ragfresh import search as search_module
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.embedding import Embedder
-from ragfresh.evaluation import EVAL_K, retrieval_checks
-from ragfresh.golden import GoldenCase, load_golden
-from ragfresh.vectors import open_vectors, sync_vectors
+from policyfresh.serve import search as search_module
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import refresh_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.index.embedding import Embedder
+from policyfresh.quality.evaluation import EVAL_K, retrieval_checks
+from policyfresh.quality.golden import GoldenCase, load_golden
+from policyfresh.index.vectors import open_vectors, sync_vectors
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook" / "pages"
@@ -147,7 +147,7 @@ def main() -> None:
     args = parser.parse_args()
     embedder = Embedder()
     embedder.load()
-    work = Path(tempfile.mkdtemp(prefix="ragfresh-retrieval-"))
+    work = Path(tempfile.mkdtemp(prefix="policyfresh-retrieval-"))
     figures: dict = {
         "date": datetime.now(tz=UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",

@@ -7,14 +7,14 @@ the figures.
         [--rows 10000,100000,1000000] [--queries 300] [--corpus-chunks 100000,1000000,5000000]
         [--edit-share 0.01] [--out benchmarks/results/scale.json]
 
-Throughput: real chunks of the 18F handbook (ragfresh's parser and chunker, PII detection left
+Throughput: real chunks of the 18F handbook (policyfresh's parser and chunker, PII detection left
 out: it changes a few tokens of a few chunks), a fixed random sample of `--texts`, embedded by
 `Embedder` in this process and by `RayEmbedder` on a local Ray cluster of its own per actor
 count. Startup (cluster start, then a first call of one batch per worker: the model loaded) is
 timed apart from the steady rate; a second such call gives what every call pays (on Ray, a new
 actor pool loading the model), which is taken out of the rate. `--actors ''` skips Ray.
 
-Latency: for each size, a LanceDB table of ragfresh's own schema (`vector_schema`) holding
+Latency: for each size, a LanceDB table of policyfresh's own schema (`vector_schema`) holding
 random unit vectors and short texts drawn from the handbook's words, indexed by `vectors`'s own
 `_ensure_indexes` (full text always; IVF_PQ with its parameters) and tagged `served` by
 `releases`' own `_serve`, so `search.answer_many` runs unchanged: open the served release,
@@ -51,15 +51,15 @@ import numpy as np
 import pyarrow as pa
 import serve  # a sibling script: benchmarks/ is on sys.path when this runs as one
 
-from ragfresh.chunking import Chunker
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
-from ragfresh.parsing import parse_document
-from ragfresh.query_encoder import prepared_encoder
-from ragfresh.releases import _serve
-from ragfresh.search import QueryEncoder, answer_many
-from ragfresh.tables import VECTORS
-from ragfresh.vectors import _ensure_indexes, vector_schema
+from policyfresh.index.chunking import Chunker
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder
+from policyfresh.ingest.parsing import parse_document
+from policyfresh.serve.query_encoder import prepared_encoder
+from policyfresh.release.releases import _serve
+from policyfresh.serve.search import QueryEncoder, answer_many
+from policyfresh.store.tables import VECTORS
+from policyfresh.index.vectors import _ensure_indexes, vector_schema
 
 dev, timed, percentiles = serve.dev, serve.timed, serve.percentiles
 
@@ -80,7 +80,7 @@ Vocabulary = tuple[np.ndarray, np.ndarray]  # words and their frequencies
 
 
 def corpus_chunks(embedder: Embedder) -> list[tuple[str, str]]:
-    """(heading, embedded text) of every distinct chunk of the 18F handbook, as ragfresh's
+    """(heading, embedded text) of every distinct chunk of the 18F handbook, as policyfresh's
     parser and chunker make them (no PII detected: `allow`, no spans)."""
     chunker = Chunker.for_model(embedder)
     chunks: dict[str, str] = {}
@@ -131,7 +131,7 @@ def throughput(
 def ray_throughput(actors: list[int], texts: list[str], reference: np.ndarray) -> dict[str, Any]:
     """`RayEmbedder(address="local", actors=n)` for each n, each on a local cluster of its own,
     so each startup includes starting the cluster."""
-    from ragfresh.ray_embedding import LOCAL, RayEmbedder, connect
+    from policyfresh.index.ray_embedding import LOCAL, RayEmbedder, connect
 
     figures = {}
     for n in actors:
@@ -158,7 +158,7 @@ def vocabulary(texts: list[str]) -> Vocabulary:
 def synthetic_batches(
     schema: pa.Schema, rows: int, model_id: str, words: Vocabulary
 ) -> Iterator[pa.RecordBatch]:
-    """Rows of ragfresh's vector schema: random unit vectors and texts of 8-32 corpus words."""
+    """Rows of policyfresh's vector schema: random unit vectors and texts of 8-32 corpus words."""
     dimensions = schema.field("vector").type.list_size
     rng = np.random.default_rng(SEED)
     vocabulary_words, weights = words
@@ -414,12 +414,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.texts <= max(args.actors, default=1) * PROBE_TEXTS:
         parser.error(f"--texts must be more than {PROBE_TEXTS} a worker")
-    if args.actors and importlib.util.find_spec("ragfresh.ray_embedding") is None:
-        parser.error("ragfresh.ray_embedding is not there: --actors '' measures without Ray")
+    if args.actors and importlib.util.find_spec("policyfresh.index.ray_embedding") is None:
+        parser.error("policyfresh.index.ray_embedding is not there: --actors '' measures without Ray")
     os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # index stats without them
     # A terminated run still removes its work folder (gigabytes at 1M rows) in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    work = Path(tempfile.mkdtemp(prefix="ragfresh-scale-"))
+    work = Path(tempfile.mkdtemp(prefix="policyfresh-scale-"))
     try:
         figures = measure(args, work)
     finally:

@@ -1,18 +1,18 @@
-"""Search service benchmark on the 18F handbook: `ragfresh serve` under 1, 4 and 16 concurrent
-clients, the same while `ragfresh run` publishes a new release (no error, no response mixing two
-releases), and `ragfresh search` from a cold shell with and without the ONNX export, beside the
+"""Search service benchmark on the 18F handbook: `policyfresh serve` under 1, 4 and 16 concurrent
+clients, the same while `policyfresh run` publishes a new release (no error, no response mixing two
+releases), and `policyfresh search` from a cold shell with and without the ONNX export, beside the
 in-process search latency. Prints a table and saves the figures.
 
     .venv/bin/python benchmarks/serve.py [--seconds 30] [--clients 1,4,16]
         [--refresh-clients 16] [--refresh-timeout 900] [--out benchmarks/results/serve.json]
 
 It copies the corpus's pages to a temporary folder (the recorded edits' pages as they were
-before), builds them once with `ragfresh run`, starts `ragfresh serve` on a free port of
+before), builds them once with `policyfresh run`, starts `policyfresh serve` on a free port of
 127.0.0.1 in its own process group and loads it: each client is a thread with its own
 `httpx.Client` (its own connections), POSTing the golden questions in turn and timing each
-request itself. Under load, one recorded edit is saved and `ragfresh run` publishes it; the load
+request itself. Under load, one recorded edit is saved and `policyfresh run` publishes it; the load
 goes on until the run has finished and `/health` has shown the new release for a few seconds.
-The server is always stopped by its own process group. Then `ragfresh search` is timed as a new
+The server is always stopped by its own process group. Then `policyfresh search` is timed as a new
 process, as a person types it.
 """
 
@@ -42,10 +42,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
-from ragfresh.query_encoder import VERIFIED_FILE, encoder_dir, load_onnx
-from ragfresh.search import QueryEncoder, search_many
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder
+from policyfresh.serve.query_encoder import VERIFIED_FILE, encoder_dir, load_onnx
+from policyfresh.serve.search import QueryEncoder, search_many
 
 HERE = Path(__file__).resolve().parent
 
@@ -231,10 +231,10 @@ def prepare(corpus: Path, workdir: Path) -> tuple[Path, list[Any]]:
 
 
 def start_serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    """Start `ragfresh serve` on 127.0.0.1:port in its own process group, logging to `log`."""
+    """Start `policyfresh serve` on 127.0.0.1:port in its own process group, logging to `log`."""
     with log.open("wb") as output:
         return subprocess.Popen(
-            [*dev.ragfresh_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [*dev.policyfresh_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             cwd=REPO,
             stdout=output,
@@ -261,7 +261,7 @@ def wait_healthy(
     while time.monotonic() - started < STARTUP_TIMEOUT_SECONDS:
         if process.poll() is not None:
             raise dev.BenchmarkError(
-                f"`ragfresh serve` exited {process.returncode}:\n{dev.tail(log)}"
+                f"`policyfresh serve` exited {process.returncode}:\n{dev.tail(log)}"
             )
         found = health(client)
         if found is not None:
@@ -295,7 +295,7 @@ def refresh_under_load(
     log: Path,
     timeout: float,
 ) -> dict[str, Any]:
-    """Load the service while one edit is saved and `ragfresh run` publishes it; keep the
+    """Load the service while one edit is saved and `policyfresh run` publishes it; keep the
     load until the run has finished and `/health` has shown the new release for
     `SETTLE_SECONDS` (or `timeout` after the edit). Errors, releases seen, mixed responses."""
     load = Load(url, key, questions, clients, probe=edit)
@@ -391,12 +391,12 @@ def refresh_under_load(
 
 
 def timed_search(env: dict[str, str], question: str) -> dict[str, Any]:
-    """`ragfresh search QUESTION` as a new process, as a person types it: seconds from spawn
+    """`policyfresh search QUESTION` as a new process, as a person types it: seconds from spawn
     to the answer's last line and to the process's exit (stdout unbuffered, as on a terminal)."""
     with tempfile.TemporaryFile() as stderr:
         started = time.monotonic()
         process = subprocess.Popen(
-            [*dev.ragfresh_command(), "search", question],
+            [*dev.policyfresh_command(), "search", question],
             env=env | {"PYTHONUNBUFFERED": "1"},
             cwd=REPO,
             stdout=subprocess.PIPE,
@@ -416,7 +416,7 @@ def timed_search(env: dict[str, str], question: str) -> dict[str, Any]:
         stderr.seek(0)
         errors = stderr.read().decode(errors="replace").strip()
     if code != 0 or answered is None:
-        raise dev.BenchmarkError(f"`ragfresh search` exited {code}: {errors[-2000:]}")
+        raise dev.BenchmarkError(f"`policyfresh search` exited {code}: {errors[-2000:]}")
     return {
         "answer_seconds": round(answered - started, 2),
         "exit_seconds": round(exited - started, 2),
@@ -426,9 +426,9 @@ def timed_search(env: dict[str, str], question: str) -> dict[str, Any]:
 
 
 def imported_modules(env: dict[str, str], question: str) -> set[str]:
-    """Every module `ragfresh search QUESTION` imports, from `python -X importtime`."""
+    """Every module `policyfresh search QUESTION` imports, from `python -X importtime`."""
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "ragfresh.cli", "search", question],
+        [sys.executable, "-X", "importtime", "-m", "policyfresh.cli.commands", "search", question],
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -437,7 +437,7 @@ def imported_modules(env: dict[str, str], question: str) -> set[str]:
     )
     if done.returncode != 0:
         raise dev.BenchmarkError(
-            f"`ragfresh search` exited {done.returncode}: {done.stderr[-2000:]}"
+            f"`policyfresh search` exited {done.returncode}: {done.stderr[-2000:]}"
         )
     return {
         line.rsplit("|", 1)[1].strip()
@@ -447,12 +447,12 @@ def imported_modules(env: dict[str, str], question: str) -> set[str]:
 
 
 def cold_start(env: dict[str, str], question: str, empty_cache: Path) -> dict[str, Any]:
-    """`ragfresh search` from a cold shell: median of `COLD_RUNS` with the ONNX export, the
+    """`policyfresh search` from a cold shell: median of `COLD_RUNS` with the ONNX export, the
     modules that path imports, and once with an empty model cache (the torch fallback, which
     exports the model after answering)."""
     fast = [timed_search(env, question) for _ in range(COLD_RUNS)]
     modules = imported_modules(env, question)
-    fallback = timed_search(env | {"RAGFRESH_MODEL_CACHE": str(empty_cache)}, question)
+    fallback = timed_search(env | {"POLICYFRESH_MODEL_CACHE": str(empty_cache)}, question)
     return {
         "question": question,
         "onnx": {
@@ -521,7 +521,7 @@ def measure(
 
     key = secrets.token_urlsafe(24)
     classifications = ["public", "internal", "confidential", "restricted"]
-    serve_env = env | {"RAGFRESH_API_KEYS": json.dumps({key: classifications})}
+    serve_env = env | {"POLICYFRESH_API_KEYS": json.dumps({key: classifications})}
     port = dev.free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "serve.log"
@@ -609,9 +609,9 @@ def report(figures: dict[str, Any]) -> str:
     local = figures["in_process_search"]
     lines += [
         "",
-        f"`ragfresh search` cold, ONNX: median {onnx['median_answer_seconds']} s to the answer, "
+        f"`policyfresh search` cold, ONNX: median {onnx['median_answer_seconds']} s to the answer, "
         f"{onnx['median_exit_seconds']} s to exit ({COLD_RUNS} runs); imported {onnx['imported']}",
-        f"`ragfresh search` cold, torch fallback (empty model cache): "
+        f"`policyfresh search` cold, torch fallback (empty model cache): "
         f"{fallback['answer_seconds']} s to the answer, {fallback['exit_seconds']} s to exit",
         f"in-process search_many p50: torch {(local['torch'] or {}).get('p50_ms')} ms, "
         f"onnx {(local['onnx'] or {}).get('p50_ms')} ms",
@@ -633,7 +633,7 @@ def main() -> int:
     parser.add_argument("--refresh-timeout", type=float, default=900.0, help="seconds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="ragfresh-serve-"))
+    workdir = Path(tempfile.mkdtemp(prefix="policyfresh-serve-"))
     try:
         figures = measure(
             args.corpus.resolve(), args.golden.resolve(), workdir, args.seconds, args.clients,

@@ -1,13 +1,13 @@
 """MkDocs hooks: the reference pages that are generated from the code, so they cannot drift.
 
-- The command line: one page per command of `ragfresh.cli.build_parser()` (usage, description,
+- The command line: one page per command of `policyfresh.cli.commands.build_parser()` (usage, description,
   every option with its help), added as files on `on_files` and to the nav on `on_config`, and
   the global options and the command list on `reference/cli/index.md`.
-- The tables: the key and columns of every Delta table of `ragfresh.tables` and of the LanceDB
-  table of `ragfresh.vectors`, on `reference/tables.md`.
+- The tables: the key and columns of every Delta table of `policyfresh.store.tables` and of the LanceDB
+  table of `policyfresh.index.vectors`, on `reference/tables.md`.
 - The expectation suites: every `expectations/*.json` in words, on `reference/checks.md`.
 - A page that generates one table or suite must generate them all: one left out is a warning.
-- The configuration page is written by hand; a `RAGFRESH_` variable that the code reads and the
+- The configuration page is written by hand; a `POLICYFRESH_` variable that the code reads and the
   page does not name (or the other way round) is a warning, which fails `mkdocs build --strict`.
 
 A page asks for generated text with a marker line: `<!-- generated: cli -->`,
@@ -26,17 +26,17 @@ import pyarrow as pa
 from mkdocs.plugins import get_plugin_logger
 from mkdocs.structure.files import File
 
-from ragfresh.cli import build_parser
+from policyfresh.cli.commands import build_parser
 
-log = get_plugin_logger("ragfresh_docs")
+log = get_plugin_logger("policyfresh_docs")
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_DIR = "reference/cli"
 CLI_INDEX = f"{CLI_DIR}/index.md"
 MARKER = re.compile(r"^<!-- generated: ([a-z]+)(?: ([a-z_]+))? -->$", re.MULTILINE)
-VARIABLE = re.compile(r"\bRAGFRESH_[A-Z0-9_]*[A-Z0-9]\b")
+VARIABLE = re.compile(r"\bPOLICYFRESH_[A-Z0-9_]*[A-Z0-9]\b")
 # Where the code reads its settings: the core, the Dagster layer and the deployment files.
-SETTINGS_SOURCES = ("ragfresh/**/*.py", "orchestration/**/*.py", "assets/**/*.py", "deploy/*")
+SETTINGS_SOURCES = ("policyfresh/**/*.py", "orchestration/**/*.py", "assets/**/*.py", "deploy/*")
 # The LanceDB table's own columns; the others are described in `policy_chunks`.
 VECTOR_COLUMNS = {
     "model_id": "Model that embedded the row: its name and a hash of its weights and config",
@@ -128,7 +128,7 @@ def command_page(name: str, sub: argparse.ArgumentParser, summary: str) -> str:
     description = sub.description or summary
     title, link = SEE_ALSO.get(name, ("The command line", "index.md"))
     return "\n\n".join([
-        f"# ragfresh {name}",
+        f"# policyfresh {name}",
         description[:1].upper() + description[1:] + ".",
         f"```text\n{_usage(sub)}\n```",
         "## Arguments",
@@ -136,7 +136,7 @@ def command_page(name: str, sub: argparse.ArgumentParser, summary: str) -> str:
         "Global options (`--home`, `--policies`, `-v`) go before the command and exit codes are "
         "the same for every command: see [the command line](index.md). More on this command: "
         f"[{title}]({link}).",
-        "*Generated from `ragfresh.cli.build_parser()` when the site is built.*",
+        "*Generated from `policyfresh.cli.commands.build_parser()` when the site is built.*",
     ]) + "\n"  # fmt: skip
 
 
@@ -145,7 +145,7 @@ def cli_index() -> str:
     summaries = _command_help(parser)
     commands = ["| command | what |", "|---|---|"]
     for name in _commands(parser):
-        commands.append(f"| [`ragfresh {name}`]({name}.md) | {_cell(summaries.get(name, ''))} |")
+        commands.append(f"| [`policyfresh {name}`]({name}.md) | {_cell(summaries.get(name, ''))} |")
     return "\n\n".join([
         f"```text\n{_usage(parser)}\n```",
         parser.description or "",
@@ -204,14 +204,14 @@ def _columns(schema: pa.Schema, copied_from: pa.Schema | None = None) -> str:
 def _tables() -> dict:
     """Every table the docs describe, by name: the governed Delta tables, the writer leases
     and the LanceDB table (a schema of its own)."""
-    from ragfresh.tables import TABLES, VECTORS, WRITER_LEASES
+    from policyfresh.store.tables import TABLES, VECTORS, WRITER_LEASES
 
     return {**TABLES, WRITER_LEASES.name: WRITER_LEASES, VECTORS: None}
 
 
 def table_reference(name: str) -> str:
     """The key, owner and columns of one table."""
-    from ragfresh.tables import POLICY_CHUNKS
+    from policyfresh.store.tables import POLICY_CHUNKS
 
     table = _tables().get(name)
     if table is not None:
@@ -220,7 +220,7 @@ def table_reference(name: str) -> str:
             f"*{table.description}* Delta table `{table.name}`, key {key}, owner `{table.owner}`.",
             _columns(table.schema),
         ])  # fmt: skip
-    from ragfresh.vectors import vector_schema
+    from policyfresh.index.vectors import vector_schema
 
     return "\n\n".join([
         f"LanceDB table `{name}`, key `chunk_id` (declared as the table's unenforced primary key); "

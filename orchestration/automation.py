@@ -7,7 +7,7 @@ import dagster as dg
 
 # How often the sensors look, in seconds. Dagster's sensor daemon loops every 5 s at most, so
 # less than 5 has no effect.
-INTERVAL_SECONDS = int(os.environ.get("RAGFRESH_SENSOR_INTERVAL", "5"))
+INTERVAL_SECONDS = int(os.environ.get("POLICYFRESH_SENSOR_INTERVAL", "5"))
 
 # An upstream update made by a run. `stale_embeddings_sensor` confirms `served_index` for its
 # freshness policy with a materialization no run made: nothing downstream changed with it.
@@ -28,7 +28,7 @@ FOLLOWS_UPSTREAM = (
 ).with_label("eager after runs, upstream blocking checks passed")
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
-    "ragfresh_automation",
+    "policyfresh_automation",
     target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=INTERVAL_SECONDS * 2,

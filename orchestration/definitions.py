@@ -17,7 +17,7 @@ from assets import (
 from orchestration.automation import automation_sensor
 from orchestration.expectations import expectation_checks
 from orchestration.jobs import refresh_policies, refresh_vectors
-from orchestration.resources import EmbedderResource, RagfreshResource
+from orchestration.resources import EmbedderResource, PolicyfreshResource
 from orchestration.sensors import policy_source_sensor, stale_embeddings_sensor
 
 defs = dg.Definitions(
@@ -36,7 +36,7 @@ defs = dg.Definitions(
     asset_checks=[*expectation_checks(), freshness.freshness_objective],
     jobs=[refresh_policies, refresh_vectors],
     sensors=[policy_source_sensor, stale_embeddings_sensor, automation_sensor],
-    resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
+    resources={"policyfresh": PolicyfreshResource(), "embedder": EmbedderResource()},
     # One process per run: a step per process would import torch and the model per step.
     executor=dg.in_process_executor,
 )

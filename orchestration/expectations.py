@@ -3,10 +3,10 @@ asset that writes its table, so bad data stops before it is chunked, embedded or
 
 import dagster as dg
 
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.expectations import SUITES, load_suite, suite_parameters, suite_path
-from ragfresh.table_checks import TableValidation, table_fault, validate_table
-from ragfresh.tables import EVAL_CASE_RESULTS, TABLES, VECTORS
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.store.suites import SUITES, load_suite, suite_parameters, suite_path
+from policyfresh.quality.table_checks import TableValidation, table_fault, validate_table
+from policyfresh.store.tables import EVAL_CASE_RESULTS, TABLES, VECTORS
 
 # Tables written by an asset of another name.
 WRITTEN_BY = {EVAL_CASE_RESULTS.name: "regression_eval"}
@@ -27,8 +27,8 @@ def expectation_check(table: str) -> dg.AssetChecksDefinition:
         f"({len(suite['expectations'])} expectations). Results in GX Data Docs under "
         "<home>/reports/data_docs.",
     )
-    def check(ragfresh: RagfreshResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
-        settings, model = ragfresh.settings(), embedder.embedder()
+    def check(policyfresh: PolicyfreshResource, embedder: EmbedderResource) -> dg.AssetCheckResult:
+        settings, model = policyfresh.settings(), embedder.embedder()
         checked = validate_table(
             settings, table, suite, suite_parameters(model.model_id, model.dimensions)
         )

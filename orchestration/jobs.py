@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from ragfresh.tables import DOCUMENT_FRESHNESS
-from ragfresh.vectors import VECTORS
+from policyfresh.store.tables import DOCUMENT_FRESHNESS
+from policyfresh.index.vectors import VECTORS
 
 refresh_policies = dg.define_asset_job(
     "refresh_policies",

@@ -1,4 +1,4 @@
-"""Dagster resources: thin configurable handles on ragfresh's core settings and services."""
+"""Dagster resources: thin configurable handles on policyfresh's core settings and services."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder, make_embedder
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder, make_embedder
 
 
-class RagfreshResource(dg.ConfigurableResource):
-    """Where the policies are read from and where state lives (defaults: `RAGFRESH_*` env)."""
+class PolicyfreshResource(dg.ConfigurableResource):
+    """Where the policies are read from and where state lives (defaults: `POLICYFRESH_*` env)."""
 
     home: str | None = None
     policies: str | None = None
@@ -34,5 +34,5 @@ class EmbedderResource(dg.ConfigurableResource):
 
     def bulk_embedder(self) -> Embedder:
         """What a refresh embeds its new texts with: on the Ray cluster at
-        `RAGFRESH_RAY_ADDRESS` when it is set (`make_embedder`), else in this process."""
+        `POLICYFRESH_RAY_ADDRESS` when it is set (`make_embedder`), else in this process."""
         return make_embedder(self._path())

@@ -7,15 +7,15 @@ from typing import Any
 
 import dagster as dg
 
-from ragfresh.config import Settings
-from ragfresh.errors import RagfreshError
+from policyfresh.store.config import Settings
+from policyfresh.store.errors import PolicyfreshError
 
 
-class RunFailedError(RagfreshError):
+class RunFailedError(PolicyfreshError):
     """A step of the refresh raised: bad configuration, an empty folder, a storage error."""
 
 
-WRITTEN_BY_US = "# Written by ragfresh."
+WRITTEN_BY_US = "# Written by policyfresh."
 INSTANCE_CONFIG = f"""\
 {WRITTEN_BY_US} One writer per vector table: pools default to a limit of 1; runs that the
 # sensors request wait in the queue for the one before them, which is looked at every second.
@@ -32,7 +32,7 @@ concurrency:
   runs:
     max_concurrent_runs: 1
 python_logs:
-  managed_python_loggers: [ragfresh]
+  managed_python_loggers: [policyfresh]
   python_log_level: INFO
 """
 
@@ -51,10 +51,10 @@ def prepare_instance(settings: Settings) -> dg.DagsterInstance:
 def export_settings(settings: Settings) -> None:
     """Hand the resolved locations to the code location, which reads them from the
     environment (in this process, or in the `dagster dev` processes started from it)."""
-    os.environ["RAGFRESH_HOME"] = str(settings.home)
-    os.environ["RAGFRESH_POLICIES"] = str(settings.policies)
-    os.environ["RAGFRESH_GOLDEN_CASES"] = str(settings.golden_cases or "none")
-    os.environ["RAGFRESH_ALLOW_MASS_DELETE"] = "1" if settings.allow_mass_delete else "0"
+    os.environ["POLICYFRESH_HOME"] = str(settings.home)
+    os.environ["POLICYFRESH_POLICIES"] = str(settings.policies)
+    os.environ["POLICYFRESH_GOLDEN_CASES"] = str(settings.golden_cases or "none")
+    os.environ["POLICYFRESH_ALLOW_MASS_DELETE"] = "1" if settings.allow_mass_delete else "0"
 
 
 def _value(entry: Any) -> Any:
@@ -79,7 +79,7 @@ def run_refresh(settings: Settings) -> dict[str, Any]:
 
     job = defs.resolve_job_def("refresh_policies")
     result = job.execute_in_process(
-        instance=instance, tags={"ragfresh/trigger": "cli"}, raise_on_error=False
+        instance=instance, tags={"policyfresh/trigger": "cli"}, raise_on_error=False
     )
     for event in result.all_events:
         error = event.step_failure_data.error if event.is_step_failure else None

@@ -1,6 +1,6 @@
 """Sensors that refresh the index with nobody clicking: a policy file changed
 (`policy_source_sensor`); the vectors drifted from the chunks, the model or the freshness
-objective (`stale_embeddings_sensor`). Both start running under `ragfresh dev`."""
+objective (`stale_embeddings_sensor`). Both start running under `policyfresh dev`."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ import dagster as dg
 from assets.freshness import FRESHNESS_CHECK, judge_freshness
 from orchestration.automation import INTERVAL_SECONDS
 from orchestration.jobs import refresh_policies, refresh_vectors
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh import delta_store
-from ragfresh.config import Settings
-from ragfresh.documents import ingested_tree
-from ragfresh.freshness import freshness_summary
-from ragfresh.releases import release_status
-from ragfresh.sources import TreeState, tree_state, wait_until_quiet
-from ragfresh.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS
-from ragfresh.vectors import open_vectors, reconcile
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingested_tree
+from policyfresh.store.freshness import freshness_summary
+from policyfresh.release.releases import release_status
+from policyfresh.ingest.sources import TreeState, tree_state, wait_until_quiet
+from policyfresh.store.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS
+from policyfresh.index.vectors import open_vectors, reconcile
 
 SETTLE_TIMEOUT = 30.0  # a sensor tick must answer within Dagster's 60 s
 IN_FLIGHT = [
@@ -44,12 +44,12 @@ def refresh_in_flight(instance: dg.DagsterInstance) -> str | None:
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def policy_source_sensor(
-    context: dg.SensorEvaluationContext, ragfresh: RagfreshResource
+    context: dg.SensorEvaluationContext, policyfresh: PolicyfreshResource
 ) -> dg.SensorResult | dg.SkipReason:
     """Request one refresh when a policy file is added, changed or removed, once the folder
-    has been quiet for `RAGFRESH_SOURCE_QUIET`; a touched but unchanged file requests nothing.
+    has been quiet for `POLICYFRESH_SOURCE_QUIET`; a touched but unchanged file requests nothing.
     The cursor holds the tree last requested (stat, then a hash only where stat moved)."""
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     cursor = json.loads(context.cursor) if context.cursor else {}
     baseline = TreeState.from_json(cursor["tree"]) if cursor else ingested_tree(settings)
     current = tree_state(settings.policies, baseline.files if baseline else None)
@@ -74,7 +74,7 @@ def policy_source_sensor(
         run_requests=[
             dg.RunRequest(
                 run_key=f"{settled.fingerprint}-{requests}",
-                tags={"ragfresh/trigger": "policy_source_sensor", "ragfresh/changes": summary},
+                tags={"policyfresh/trigger": "policy_source_sensor", "policyfresh/changes": summary},
             )
         ],
         cursor=json.dumps({"tree": settled.to_json(), "requests": requests}),
@@ -110,7 +110,7 @@ def _key(state: object) -> str:
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def stale_embeddings_sensor(
-    context: dg.SensorEvaluationContext, ragfresh: RagfreshResource, embedder: EmbedderResource
+    context: dg.SensorEvaluationContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ) -> dg.SensorResult | dg.SkipReason:
     """Request a vectors refresh (and so an evaluation) when vectors are missing, stale,
     orphaned, duplicated or from another model, or a document waits past the freshness
@@ -120,7 +120,7 @@ def stale_embeddings_sensor(
     running = refresh_in_flight(context.instance)
     if running:
         return dg.SkipReason(f"run {running} in flight: reconciled after it")
-    settings = ragfresh.settings()
+    settings = policyfresh.settings()
     cursor = json.loads(context.cursor or "{}")
     waiting = freshness_summary(settings)["waiting"]
     late = [w["doc_id"] for w in waiting if w["state"] == "late"]
@@ -132,8 +132,8 @@ def stale_embeddings_sensor(
             dg.RunRequest(
                 run_key=f"stale-{key}",
                 tags={
-                    "ragfresh/trigger": "stale_embeddings_sensor",
-                    "ragfresh/reason": "; ".join(reasons)[:200],
+                    "policyfresh/trigger": "stale_embeddings_sensor",
+                    "policyfresh/reason": "; ".join(reasons)[:200],
                 },
             )
         )

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 
-    from ragfresh.documents import IngestResult
+    from policyfresh.ingest.documents import IngestResult
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "policies"
@@ -42,21 +42,21 @@ def corpus(tmp_path: Path) -> Path:
 
 
 ENVIRONMENT = (
-    "RAGFRESH_LAKE_URI", "RAGFRESH_VECTORS_URI", "RAGFRESH_PII_RULES", "RAGFRESH_JUDGE_URL",
-    "RAGFRESH_JUDGE_MODEL", "RAGFRESH_ESCALATION_THRESHOLD", "RAGFRESH_GATE_MIN_HIT_AT_5",
-    "RAGFRESH_GATE_MIN_EVIDENCE_RECALL", "RAGFRESH_GATE_MAX_HIT_AT_5_DROP",
-    "RAGFRESH_FRESHNESS_SLO", "RAGFRESH_SOURCE_QUIET", "RAGFRESH_API_KEYS",
-    "RAGFRESH_MAX_HELD_SHARE", "RAGFRESH_MAX_REMOVED_SHARE", "RAGFRESH_ALLOW_MASS_DELETE",
-    "RAGFRESH_MAX_FILE_BYTES", "RAGFRESH_MAX_PARSE_SECONDS", "RAGFRESH_TRACE_RETENTION_DAYS",
-    "RAGFRESH_IMPACT_WEBHOOK", "RAGFRESH_JUDGE_API_KEY", "RAGFRESH_VECTOR_INDEX_MIN_ROWS",
-    "RAGFRESH_VERSION_RETENTION_DAYS", "RAGFRESH_RAY_ADDRESS", "RAGFRESH_RAY_ACTORS",
+    "POLICYFRESH_LAKE_URI", "POLICYFRESH_VECTORS_URI", "POLICYFRESH_PII_RULES", "POLICYFRESH_JUDGE_URL",
+    "POLICYFRESH_JUDGE_MODEL", "POLICYFRESH_ESCALATION_THRESHOLD", "POLICYFRESH_GATE_MIN_HIT_AT_5",
+    "POLICYFRESH_GATE_MIN_EVIDENCE_RECALL", "POLICYFRESH_GATE_MAX_HIT_AT_5_DROP",
+    "POLICYFRESH_FRESHNESS_SLO", "POLICYFRESH_SOURCE_QUIET", "POLICYFRESH_API_KEYS",
+    "POLICYFRESH_MAX_HELD_SHARE", "POLICYFRESH_MAX_REMOVED_SHARE", "POLICYFRESH_ALLOW_MASS_DELETE",
+    "POLICYFRESH_MAX_FILE_BYTES", "POLICYFRESH_MAX_PARSE_SECONDS", "POLICYFRESH_TRACE_RETENTION_DAYS",
+    "POLICYFRESH_IMPACT_WEBHOOK", "POLICYFRESH_JUDGE_API_KEY", "POLICYFRESH_VECTOR_INDEX_MIN_ROWS",
+    "POLICYFRESH_VERSION_RETENTION_DAYS", "POLICYFRESH_RAY_ADDRESS", "POLICYFRESH_RAY_ACTORS",
 )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def handbook_ingested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, IngestResult]:
     """The whole 18F handbook ingested once: PII detection over its 246 pages takes a minute."""
-    from ragfresh.documents import ingest_documents
+    from policyfresh.ingest.documents import ingest_documents
 
     home = tmp_path_factory.mktemp("handbook")
     settings = Settings.load(home=home, policies=HANDBOOK / "pages")
@@ -76,10 +76,10 @@ def settings(
     tmp_path: Path, corpus: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """Settings whose home and policies live in the test's own temporary folder."""
-    monkeypatch.setenv("RAGFRESH_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RAGFRESH_MODEL_CACHE", str(model_cache))
-    monkeypatch.setenv("RAGFRESH_POLICIES", str(corpus))
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(BUNDLED_GOLDEN))
+    monkeypatch.setenv("POLICYFRESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POLICYFRESH_MODEL_CACHE", str(model_cache))
+    monkeypatch.setenv("POLICYFRESH_POLICIES", str(corpus))
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", str(BUNDLED_GOLDEN))
     for name in ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     return Settings.load()

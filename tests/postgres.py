@@ -21,7 +21,7 @@ import psycopg2
 
 SERVER_BINARIES = Path("/usr/lib/postgresql")
 INSTALL = "run `make postgresql` as root, or `sudo apt-get install postgresql`"
-SUPERUSER = "ragfresh"
+SUPERUSER = "policyfresh"
 START_TIMEOUT_SECONDS = 60
 STOP_GRACE_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 10
@@ -138,12 +138,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_postgres(db: str = "ragfresh") -> Iterator[Postgres]:
+def running_postgres(db: str = "policyfresh") -> Iterator[Postgres]:
     """A new cluster in a temporary folder, its server on a free port of 127.0.0.1 (its socket in
     that folder), one database `db` owned by a superuser with a password; removed at the end."""
     binaries, account = server_binaries(), server_account()
     # Not under pytest's folder: as root, that is closed to the `postgres` user.
-    root = Path(tempfile.mkdtemp(prefix="ragfresh-pg-"))
+    root = Path(tempfile.mkdtemp(prefix="policyfresh-pg-"))
     as_server = {}
     try:
         password = secrets.token_hex(16)

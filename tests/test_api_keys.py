@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from ragfresh.api_keys import key_id, keys_file, load_api_keys
-from ragfresh.errors import ConfigError
+from policyfresh.serve.api_keys import key_id, keys_file, load_api_keys
+from policyfresh.store.errors import ConfigError
 
 PUBLIC = "public-reader-key-0001"
 WIDE = "wide-reader-key-000002"
@@ -13,15 +13,15 @@ def test_keys_come_from_the_environment_before_the_file(settings, monkeypatch):
     keys_file(settings).parent.mkdir(parents=True)
     keys_file(settings).write_text(json.dumps({WIDE: ["public", "internal"]}))
     assert load_api_keys(settings).entitlement(WIDE) == {"public", "internal"}
-    monkeypatch.setenv("RAGFRESH_API_KEYS", json.dumps({PUBLIC: ["public"]}))
+    monkeypatch.setenv("POLICYFRESH_API_KEYS", json.dumps({PUBLIC: ["public"]}))
     keys = load_api_keys(settings)
-    assert keys.source == "$RAGFRESH_API_KEYS"
+    assert keys.source == "$POLICYFRESH_API_KEYS"
     assert keys.entitlement(PUBLIC) == {"public"}
     assert keys.entitlement(WIDE) is None and keys.entitlement("") is None
 
 
 def test_no_keys_is_an_error_that_says_where_to_put_them(settings):
-    with pytest.raises(ConfigError, match=r"set RAGFRESH_API_KEYS or write .*api_keys.json"):
+    with pytest.raises(ConfigError, match=r"set POLICYFRESH_API_KEYS or write .*api_keys.json"):
         load_api_keys(settings)
 
 
@@ -38,10 +38,10 @@ def test_no_keys_is_an_error_that_says_where_to_put_them(settings):
 def test_a_malformed_grant_names_the_source_and_problem_never_the_key(
     settings, monkeypatch, text, problem
 ):
-    monkeypatch.setenv("RAGFRESH_API_KEYS", text)
+    monkeypatch.setenv("POLICYFRESH_API_KEYS", text)
     with pytest.raises(ConfigError, match=problem) as raised:
         load_api_keys(settings)
-    assert "$RAGFRESH_API_KEYS" in str(raised.value)
+    assert "$POLICYFRESH_API_KEYS" in str(raised.value)
     assert PUBLIC not in str(raised.value) and "short-secret" not in str(raised.value)
 
 

@@ -1,13 +1,13 @@
-"""The core package is framework-free: nothing in `ragfresh/` imports dagster."""
+"""The core package is framework-free: nothing in `policyfresh/` imports dagster."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
-import ragfresh
+import policyfresh
 
-CORE = Path(ragfresh.__file__).parent
+CORE = Path(policyfresh.__file__).parent
 FRAMEWORK = {"dagster", "dagster_webserver", "orchestration", "assets"}
 
 
@@ -35,7 +35,7 @@ def test_no_core_module_imports_the_framework():
 
 
 def test_importing_every_core_module_leaves_dagster_unloaded():
-    modules = ", ".join(f"ragfresh.{p.stem}" for p in CORE.glob("*.py") if p.stem != "__init__")
+    modules = ", ".join(f"policyfresh.{p.stem}" for p in CORE.glob("*.py") if p.stem != "__init__")
     code = f"import sys, {modules}; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from ragfresh.batching import Batcher
+from policyfresh.serve.batching import Batcher
 
 
 def run_with_worker(batcher: Batcher, body):

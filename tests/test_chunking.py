@@ -2,17 +2,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ragfresh.chunking import Chunker
-from ragfresh.documents import read_documents
-from ragfresh.parsing import parse_document
-from ragfresh.pii import PiiSpan, detect_pii, merge_spans, redact
-from ragfresh.pii_allow import parse_allow_list
+from policyfresh.index.chunking import Chunker
+from policyfresh.ingest.documents import read_documents
+from policyfresh.ingest.parsing import parse_document
+from policyfresh.ingest.pii import PiiSpan, detect_pii, merge_spans, redact
+from policyfresh.ingest.pii_allow import parse_allow_list
 from tests.conftest import BUNDLED, HANDBOOK
 
 
 @pytest.fixture(scope="module")
 def chunker():
-    from ragfresh.embedding import Embedder
+    from policyfresh.index.embedding import Embedder
 
     return Chunker.for_model(Embedder())
 
@@ -50,7 +50,7 @@ def test_a_piece_over_the_limit_is_split_again(chunker):
 
 
 def test_chunks_carry_heading_paths_and_keep_tables_whole():
-    from ragfresh.embedding import Embedder
+    from policyfresh.index.embedding import Embedder
 
     small = Chunker(Embedder().tokenizer(), 64, "test")
     text = (
@@ -189,7 +189,7 @@ def documents(draw: st.DrawFn) -> tuple[str, list[PiiSpan]]:
 @pytest.fixture(scope="module")
 def small_chunker():
     """Headers on and a small limit: short texts make many chunks, and long words must be cut."""
-    from ragfresh.embedding import Embedder
+    from policyfresh.index.embedding import Embedder
 
     return Chunker(Embedder().tokenizer(), 96, "test")
 

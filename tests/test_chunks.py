@@ -3,10 +3,10 @@
 import threading
 from contextlib import contextmanager
 
-from ragfresh import chunks
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import read_chunks, refresh_chunks
-from ragfresh.documents import ingest_documents
+from policyfresh.index import chunks
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.ingest.documents import ingest_documents
 from tests.conftest import SMALL, HashEmbedder
 
 FEES = "retail/overdraft-fees.md"

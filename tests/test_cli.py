@@ -1,4 +1,4 @@
-"""The `ragfresh` command as a user runs it: a real process, a real Dagster instance."""
+"""The `policyfresh` command as a user runs it: a real process, a real Dagster instance."""
 
 import json
 import os
@@ -18,15 +18,15 @@ from deltalake import write_deltalake
 def environment(settings, **extra):
     return {
         **os.environ,
-        "RAGFRESH_HOME": str(settings.home),
-        "RAGFRESH_POLICIES": str(settings.policies),
+        "POLICYFRESH_HOME": str(settings.home),
+        "POLICYFRESH_POLICIES": str(settings.policies),
         **extra,
     }
 
 
-def ragfresh(settings, *args, **env):
+def policyfresh(settings, *args, **env):
     return subprocess.run(
-        [sys.executable, "-m", "ragfresh.cli", *args],
+        [sys.executable, "-m", "policyfresh.cli.commands", *args],
         env=environment(settings, **env),
         capture_output=True,
         text=True,
@@ -38,11 +38,11 @@ def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProces
     """Run the CLI in a fresh interpreter and print which slow libraries it imported: when it
     starts writing search traces (`ANSWERED`, after the answers are printed) and at exit."""
     probe = (
-        "import sys; import ragfresh.trace_store as store; write = store.write_traces\n"
+        "import sys; import policyfresh.serve.trace_store as store; write = store.write_traces\n"
         "heavy = lambda: [m for m in ('dagster', 'great_expectations', 'torch', "
         "'sentence_transformers', 'lancedb', 'presidio_analyzer') if sys.modules.get(m)]\n"
         "store.write_traces = lambda *a, **k: (print('ANSWERED', heavy()), write(*a, **k))\n"
-        f"from ragfresh.cli import main; code = main({argv!r}); print('HEAVY', heavy(), code)"
+        f"from policyfresh.cli.commands import main; code = main({argv!r}); print('HEAVY', heavy(), code)"
     )
     return subprocess.run(
         [sys.executable, "-c", probe], env=environment(settings), capture_output=True, text=True,
@@ -52,7 +52,7 @@ def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProces
 
 def test_run_json_summary_runs_recorded_and_nothing_to_do_loads_nothing_heavy(small_settings):
     (small_settings.policies / "broken.md").write_bytes(b"---\n: : :\n---\nx")
-    done = ragfresh(small_settings, "run", "--json")
+    done = policyfresh(small_settings, "run", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["documents"] == {
@@ -73,25 +73,25 @@ def test_run_json_summary_runs_recorded_and_nothing_to_do_loads_nothing_heavy(sm
     assert "HEAVY [] 0" in text.stdout, text.stdout + text.stderr
     assert len(instance.get_run_records()) == 1, "a run with nothing to do starts no run"
 
-    forced = json.loads(ragfresh(small_settings, "run", "--force", "--json").stdout)
+    forced = json.loads(policyfresh(small_settings, "run", "--force", "--json").stdout)
     assert forced["run_id"] and forced["vectors"]["embedded"] == 0
     assert forced["checks"]["document_freshness:freshness_objective"] == "passed"
 
 
 def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "ragfresh.cli", "--policies", str(tmp_path / "none"), "run"],
-        env={**os.environ, "RAGFRESH_HOME": str(settings.home)},
+        [sys.executable, "-m", "policyfresh.cli.commands", "--policies", str(tmp_path / "none"), "run"],
+        env={**os.environ, "POLICYFRESH_HOME": str(settings.home)},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 2
-    assert done.stderr.startswith("ragfresh: error: policies folder not found")
+    assert done.stderr.startswith("policyfresh: error: policies folder not found")
 
 
 def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
     small_settings, tmp_path
 ):
-    built = json.loads(ragfresh(small_settings, "run", "--json").stdout)
+    built = json.loads(policyfresh(small_settings, "run", "--json").stdout)
     assert built["vectors"]["embedded"] == built["vectors"]["rows"] > 0
     assert set(built["checks"]) == {
         "policy_documents:expectations", "ingest_errors:expectations",
@@ -108,7 +108,7 @@ def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
         and built["release"]["candidate"] == built["release"]["served"]
     )
 
-    status = ragfresh(small_settings, "status", "--json")
+    status = policyfresh(small_settings, "status", "--json")
     assert status.returncode == 0, status.stderr
     counts = json.loads(status.stdout)
     assert counts["documents"] == 5 and counts["vectors"] == counts["chunks"]
@@ -118,7 +118,7 @@ def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
 
     questions = tmp_path / "questions.txt"
     questions.write_text("What is the overdraft item fee?\n\nHow do I dispute a card charge?\n")
-    found = ragfresh(small_settings, "search", "--questions", str(questions), "-k", "2", "--json")
+    found = policyfresh(small_settings, "search", "--questions", str(questions), "-k", "2", "--json")
     assert found.returncode == 0, found.stderr
     answers = [json.loads(line) for line in found.stdout.splitlines()]
     assert [len(a["hits"]) for a in answers] == [2, 2]
@@ -139,48 +139,48 @@ def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
     assert cold.stderr == ""
     # Without the export, torch answers the same, and the export is made for next time.
     cache = tmp_path / "empty-cache"
-    slow = ragfresh(small_settings, "search", "What is the overdraft item fee?", "--json",
-                    RAGFRESH_MODEL_CACHE=str(cache))  # fmt: skip
+    slow = policyfresh(small_settings, "search", "What is the overdraft item fee?", "--json",
+                    POLICYFRESH_MODEL_CACHE=str(cache))  # fmt: skip
     assert slow.returncode == 0, slow.stderr
     assert json.loads(slow.stdout)["hits"][0]["chunk_id"] == answers[0]["hits"][0]["chunk_id"]
     assert "note: exported the query encoder to" in slow.stderr
     assert (cache / hit["model_id"] / "verified.json").exists()
 
-    trace = ragfresh(small_settings, "trace", answers[0]["trace_id"])
+    trace = policyfresh(small_settings, "trace", answers[0]["trace_id"])
     assert trace.returncode == 0, trace.stderr
     assert "0 of 2 hits no longer current" in trace.stdout
-    missing = ragfresh(small_settings, "trace", "nope")
+    missing = policyfresh(small_settings, "trace", "nope")
     assert missing.returncode == 2 and "no trace 'nope'" in missing.stderr
 
     # The same build, edited: a second release, evaluated, listed, rolled back.
     path = small_settings.policies / "retail" / "overdraft-fees.md"
     path.write_text(path.read_text().replace("$29 per item", "$32 per item"))
-    edited = ragfresh(small_settings, "run")
+    edited = policyfresh(small_settings, "run")
     assert edited.returncode == 0, edited.stderr
     assert "release: published release" in edited.stdout
 
-    evaluated = ragfresh(small_settings, "eval", "--json")
+    evaluated = policyfresh(small_settings, "eval", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["reused"] is True  # nothing changed since the run
 
-    listed = json.loads(ragfresh(small_settings, "releases", "--json").stdout)
+    listed = json.loads(policyfresh(small_settings, "releases", "--json").stdout)
     assert [r["served"] for r in listed] == [True, False]
-    back = ragfresh(small_settings, "rollback", "--reason", "not approved", "--json")
+    back = policyfresh(small_settings, "rollback", "--reason", "not approved", "--json")
     assert back.returncode == 0, back.stderr
     done = json.loads(back.stdout)
     assert done["release"] == listed[1]["release"] and done["reason"] == "not approved"
-    status = json.loads(ragfresh(small_settings, "status", "--json").stdout)
+    status = json.loads(policyfresh(small_settings, "status", "--json").stdout)
     assert status["published"]["release"] == listed[1]["release"]
     assert status["waiting"]["why"] == "rolled back"
-    again = ragfresh(small_settings, "rollback", "--to", "999")
+    again = policyfresh(small_settings, "rollback", "--to", "999")
     assert again.returncode == 2 and "release 999 was never published" in again.stderr
 
 
 def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
     leave = small_settings.policies / "hr" / "annual-leave.md"
     leave.write_text(leave.read_text() + "\nCarry-over requests go to \ufffd\ufffd.\n")
-    ungated = {"RAGFRESH_GOLDEN_CASES": "none"}  # its cases would fail: it was never served
-    held = ragfresh(small_settings, "run", **ungated)
+    ungated = {"POLICYFRESH_GOLDEN_CASES": "none"}  # its cases would fail: it was never served
+    held = policyfresh(small_settings, "run", **ungated)
     assert held.returncode == 0, held.stderr
     assert (
         "HELD BACK: hr/annual-leave.md v1 (owners hr-policies@northwind-bank.com), never "
@@ -192,7 +192,7 @@ def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
     uri = small_settings.table_uri("policy_documents")
     bad = pl.read_delta(uri).head(1).with_columns(reviewer=pl.lit("someone"))
     write_deltalake(uri, bad.to_arrow(), mode="append", schema_mode="merge")
-    done = ragfresh(small_settings, "run", "--json", **ungated)
+    done = policyfresh(small_settings, "run", "--json", **ungated)
     assert done.returncode == 1, done.stderr
     summary = json.loads(done.stdout)
     assert summary["checks"] == {
@@ -204,9 +204,9 @@ def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
 
 
 def test_bad_search_arguments_exit_2(small_settings, tmp_path):
-    missing = ragfresh(small_settings, "search", "--questions", str(tmp_path / "none.txt"))
+    missing = policyfresh(small_settings, "search", "--questions", str(tmp_path / "none.txt"))
     assert missing.returncode == 2 and "cannot read --questions" in missing.stderr
-    zero = ragfresh(small_settings, "search", "fees", "-k", "0")
+    zero = policyfresh(small_settings, "search", "fees", "-k", "0")
     assert zero.returncode == 2 and "must be at least 1" in zero.stderr
 
 
@@ -214,7 +214,7 @@ def test_a_malformed_golden_file_stops_run_and_eval_with_its_line(small_settings
     bad = tmp_path / "bad.csv"
     bad.write_text("case_id,user_question\nx,Why?\n")
     for command in ("run", "eval"):
-        done = ragfresh(small_settings, command, "--golden", str(bad))
+        done = policyfresh(small_settings, command, "--golden", str(bad))
         assert done.returncode == 2, done.stderr
         assert f"{bad}:1: missing columns" in done.stderr
 
@@ -223,20 +223,20 @@ def test_an_unevaluated_release_says_so(settings, corpus):
     other = corpus.parent / "own"
     other.mkdir()
     (other / "handbook.md").write_text("# Handbook\n\nDesks are cleared every Friday.\n")
-    done = ragfresh(settings, "--policies", str(other), "run")
+    done = policyfresh(settings, "--policies", str(other), "run")
     assert done.returncode == 0, done.stderr
     assert "eval: UNEVALUATED - no golden case applies to these policies" in done.stdout
-    status = ragfresh(settings, "--policies", str(other), "status")
+    status = policyfresh(settings, "--policies", str(other), "status")
     assert "the served release is UNEVALUATED" in status.stdout
 
 
 def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
-    refused = ragfresh(settings, "serve")
-    assert refused.returncode == 2 and "no API keys: set RAGFRESH_API_KEYS" in refused.stderr
+    refused = policyfresh(settings, "serve")
+    assert refused.returncode == 2 and "no API keys: set POLICYFRESH_API_KEYS" in refused.stderr
     keys = json.dumps({"cli-test-key-00000001": ["public"]})
     server = subprocess.Popen(  # port 0: the server binds a free port and logs which
-        [sys.executable, "-m", "ragfresh.cli", "serve", "--port", "0"],
-        env=environment(settings, RAGFRESH_API_KEYS=keys),
+        [sys.executable, "-m", "policyfresh.cli.commands", "serve", "--port", "0"],
+        env=environment(settings, POLICYFRESH_API_KEYS=keys),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     lines: list[bytes] = []
@@ -258,5 +258,5 @@ def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         output = (b"".join(lines) + server.communicate(timeout=60)[0]).decode()
-    assert "1 API keys from $RAGFRESH_API_KEYS" in output
+    assert "1 API keys from $POLICYFRESH_API_KEYS" in output
     assert "cli-test-key-00000001" not in output

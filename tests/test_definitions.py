@@ -3,7 +3,7 @@
 import dagster as dg
 
 from orchestration.definitions import defs
-from ragfresh.tables import TABLES
+from policyfresh.store.tables import TABLES
 
 FOLLOWS = "eager after runs, upstream blocking checks passed"
 EXPECTED = {
@@ -118,10 +118,10 @@ def test_the_sensors_run_from_the_start_and_runs_stay_in_one_process():
     assert set(sensors) == {
         "policy_source_sensor",
         "stale_embeddings_sensor",
-        "ragfresh_automation",
+        "policyfresh_automation",
     }
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
-    assert isinstance(sensors["ragfresh_automation"], dg.AutomationConditionSensorDefinition)
+    assert isinstance(sensors["policyfresh_automation"], dg.AutomationConditionSensorDefinition)
     policy = (
         defs.resolve_assets_def("served_index")
         .specs_by_key[dg.AssetKey("served_index")]

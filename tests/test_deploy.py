@@ -1,4 +1,4 @@
-"""deploy/: a deployment's Dagster instance is ragfresh's own instance with its storage on
+"""deploy/: a deployment's Dagster instance is policyfresh's own instance with its storage on
 Postgres and its run launcher named (tests/test_dev.py runs it on a real Postgres)."""
 
 from __future__ import annotations

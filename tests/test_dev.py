@@ -1,10 +1,10 @@
-"""End to end under `ragfresh dev`: a saved policy edit reaches search with nobody clicking,
+"""End to end under `policyfresh dev`: a saved policy edit reaches search with nobody clicking,
 on the Dagster instance a deployment runs (deploy/dagster.yaml, on a real Postgres).
 
 Slow (290 s on two cores that others kept at a load of 5 to 10, against 256 s on SQLite just
 before): it starts Debian's PostgreSQL on a free port of 127.0.0.1, builds five bundled
 policies, starts the Dagster webserver and daemon and the search service (`dev --serve`) on free
-ports of 127.0.0.1, edits a page and waits until both `ragfresh search` and the service serve
+ports of 127.0.0.1, edits a page and waits until both `policyfresh search` and the service serve
 the edit, through `benchmarks/edit_to_served.py`, which stops the servers whatever happens; the
 Postgres server is stopped by its pid after it.
 """
@@ -20,9 +20,9 @@ import pytest
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load_benchmark
 from tests.postgres import Postgres, PostgresMissingError, running_postgres
 
-# `ragfresh dev` here and in the other module of this group never run at once: two dev servers,
+# `policyfresh dev` here and in the other module of this group never run at once: two dev servers,
 # their daemons and runs would share two cores (and their free ports could meet).
-pytestmark = pytest.mark.xdist_group("ragfresh-dev")
+pytestmark = pytest.mark.xdist_group("policyfresh-dev")
 
 EDIT_TO_SERVED_BOUND_SECONDS = 240
 DEPLOY_INSTANCE = REPO / "deploy" / "dagster.yaml"
@@ -68,7 +68,7 @@ def test_slow_a_saved_edit_is_served_by_a_sensor_run_with_nothing_clicked(
     print(bench.report(figures))
     assert not bench.group_alive(figures["dev_pid"]), "the dev server outlived measure"
     # Requested by the policy source sensor through the daemon: nobody launched it.
-    assert figures["run_tags"]["ragfresh/trigger"] == "policy_source_sensor"
+    assert figures["run_tags"]["policyfresh/trigger"] == "policy_source_sensor"
     assert figures["run_tags"]["dagster/sensor_name"] == "policy_source_sensor"
     # measure returns only once a search's hits held the new fee from a release newer than
     # the one served before the edit (it raises past the bound); the old fee is gone.
@@ -85,12 +85,12 @@ def test_slow_a_saved_edit_is_served_by_a_sensor_run_with_nothing_clicked(
     assert times["served"] <= EDIT_TO_SERVED_BOUND_SECONDS
     assert figures["dominant_stage"] in bench.STAGES
 
-    # The instance lived in Postgres: the build `ragfresh run` made and the sensor's run are
+    # The instance lived in Postgres: the build `policyfresh run` made and the sensor's run are
     # both recorded there, and no SQLite storage was made beside them.
     run_id = figures["run_id"]
     recorded = postgres.query(
         "SELECT run_id, status, value FROM runs JOIN run_tags USING (run_id) "
-        "WHERE key = 'ragfresh/trigger'"
+        "WHERE key = 'policyfresh/trigger'"
     )
     assert (run_id, "SUCCESS", "policy_source_sensor") in recorded, recorded
     assert [trigger for _, _, trigger in recorded].count("cli") == 1, recorded

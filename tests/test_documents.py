@@ -4,20 +4,24 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from ragfresh import delta_store, documents, pii
-from ragfresh.config import Settings
-from ragfresh.documents import (
+from policyfresh.store import delta_store
+
+from policyfresh.ingest import documents
+
+from policyfresh.ingest import pii
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import (
     EmptyPoliciesError,
     MassRemovalError,
     ingest_documents,
     ingested_tree,
     read_documents,
 )
-from ragfresh.pii import PiiDetectorError
-from ragfresh.pipeline import refresh
-from ragfresh.reports import build_reports
-from ragfresh.search import search
-from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS, TABLES
+from policyfresh.ingest.pii import PiiDetectorError
+from policyfresh.quality.pipeline import refresh
+from policyfresh.quality.reports import build_reports
+from policyfresh.serve.search import search
+from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS, TABLES
 from tests.conftest import SMALL, keep_only
 
 
@@ -92,13 +96,13 @@ def test_table_is_governed(settings):
     table = DeltaTable(settings.table_uri(POLICY_DOCUMENTS.name))
     config = table.metadata().configuration
     assert config["delta.enableChangeDataFeed"] == "true"
-    assert config["ragfresh.owner"] == "team:data-platform"
+    assert config["policyfresh.owner"] == "team:data-platform"
     assert table.metadata().name == "policy_documents"
     text_field = next(f for f in table.schema().fields if f.name == "text")
     assert text_field.metadata["pii"] == "contains"
     assert "unredacted" in text_field.metadata["description"]
     merges = [h for h in table.history() if h["operation"] == "MERGE"]
-    assert merges[0]["ragfresh.run_id"] == "run-42"
+    assert merges[0]["policyfresh.run_id"] == "run-42"
 
 
 def test_whole_18f_handbook_ingests_with_nothing_quarantined(handbook_ingested):
@@ -150,7 +154,7 @@ def test_removing_more_than_a_quarter_of_live_documents_stops_until_confirmed(
     with pytest.raises(MassRemovalError, match="6 of 22 live documents would be removed"):
         ingest_documents(settings, run_id="r2")
     assert read_documents(settings).height == 22  # nothing removed
-    monkeypatch.setenv("RAGFRESH_ALLOW_MASS_DELETE", "1")
+    monkeypatch.setenv("POLICYFRESH_ALLOW_MASS_DELETE", "1")
     confirmed = ingest_documents(Settings.load(), run_id="r3")
     assert confirmed.deleted == 6 and read_documents(settings).height == 16
 
@@ -185,11 +189,11 @@ def test_a_killed_table_creation_is_governed_on_the_next_run(settings):
     Table.create(settings.table_uri(POLICY_DOCUMENTS.name), schema=POLICY_DOCUMENTS.schema)
     ingest_documents(settings, run_id="after-kill")
     config = Table(settings.table_uri(POLICY_DOCUMENTS.name)).metadata().configuration
-    assert config["ragfresh.owner"] == "team:data-platform"
+    assert config["policyfresh.owner"] == "team:data-platform"
 
 
 def _ingest_in_process(home: str, policies: str) -> int:
-    from ragfresh.config import Settings
+    from policyfresh.store.config import Settings
 
     return ingest_documents(Settings.load(home=home, policies=policies), run_id="race").added
 
@@ -215,11 +219,11 @@ def test_a_file_over_the_size_limit_is_quarantined_unread_and_the_rest_go_on(
     settings, corpus, monkeypatch
 ):
     (corpus / "huge.txt").write_text("A clause.\n" * 5_000)  # 50,000 bytes
-    monkeypatch.setenv("RAGFRESH_MAX_FILE_BYTES", "40000")  # the bundled ones are smaller
+    monkeypatch.setenv("POLICYFRESH_MAX_FILE_BYTES", "40000")  # the bundled ones are smaller
     result = ingest_documents(Settings.load(), run_id="r1")
     assert result.added == 22 and result.quarantined == 1
     [reason] = result.errors.filter(pl.col("path") == "huge.txt")["reason"].to_list()
-    assert reason == "50000 bytes, more than RAGFRESH_MAX_FILE_BYTES=40000: not read"
+    assert reason == "50000 bytes, more than POLICYFRESH_MAX_FILE_BYTES=40000: not read"
 
 
 def test_a_pii_detector_that_cannot_load_stops_ingestion_before_any_write(settings, monkeypatch):

@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 
-from ragfresh.embedding import MODEL_NAME, Embedder, _load_model
+from policyfresh.index.embedding import MODEL_NAME, Embedder, _load_model
 
 
 def test_model_id_names_the_model_and_hashes_its_files(tmp_path):

@@ -5,15 +5,15 @@ import threading
 import polars as pl
 import pytest
 
-from ragfresh import vectors
-from ragfresh.config import Settings
-from ragfresh.evaluation import evaluate, read_case_results
-from ragfresh.golden import COLUMNS
-from ragfresh.pipeline import refresh
-from ragfresh.releases import read_audit, read_releases, release_status, rollback
-from ragfresh.search import search
-from ragfresh.tables import EVAL_RUNS, RETRIEVAL_TRACES
-from ragfresh.vectors import open_vectors, sync_vectors
+from policyfresh.index import vectors
+from policyfresh.store.config import Settings
+from policyfresh.quality.evaluation import evaluate, read_case_results
+from policyfresh.quality.golden import COLUMNS
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import read_audit, read_releases, release_status, rollback
+from policyfresh.serve.search import search
+from policyfresh.store.tables import EVAL_RUNS, RETRIEVAL_TRACES
+from policyfresh.index.vectors import open_vectors, sync_vectors
 from tests.conftest import HashEmbedder
 
 # Cases over the five documents of `small_settings`, written for these tests.
@@ -51,7 +51,7 @@ def write_golden(path, rows=GOLDEN):
 @pytest.fixture
 def gated(small_settings, tmp_path, monkeypatch) -> Settings:
     """The five small policies with the golden cases above."""
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
     return Settings.load()
 
 
@@ -107,7 +107,7 @@ def test_a_policy_edit_is_published_and_its_case_flagged_for_review(gated, embed
 
 def test_a_change_that_breaks_unaffected_cases_is_not_published(gated, embedder, monkeypatch):
     first = refresh(gated, embedder, "build")["release"]["release"]
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=block")  # blocks the chunk with a card PAN
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "internal=block")  # blocks the chunk with a card PAN
     blocking = Settings.load()
 
     result = refresh(blocking, embedder, "block")
@@ -202,7 +202,7 @@ def test_a_changed_golden_file_is_evaluated_again(gated, embedder, tmp_path, mon
     extra = ("od-none", "Is there an overdraft fee for $40 overdrawn?", "No.", "fact", "low",
              "false", "retail/overdraft-fees.md", "overdrawn by $50.00 or less", "")  # fmt: skip
     golden = write_golden(tmp_path / "golden2.csv", [*GOLDEN, extra])
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(golden))
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", str(golden))
     again = refresh(Settings.load(), embedder, "golden")
     assert not again["eval"]["reused"] and again["eval"]["cases"] == 7
     assert again["eval"]["candidate"] == first["eval"]["candidate"]
@@ -227,8 +227,8 @@ def test_evaluation_before_any_index_is_none(small_settings, embedder):
 
 
 def test_the_llm_judge_scores_cases_when_configured(gated, embedder, chat_server, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_JUDGE_URL", chat_server.url)
-    monkeypatch.setenv("RAGFRESH_JUDGE_MODEL", "grader-1")
+    monkeypatch.setenv("POLICYFRESH_JUDGE_URL", chat_server.url)
+    monkeypatch.setenv("POLICYFRESH_JUDGE_MODEL", "grader-1")
     judged = Settings.load()
     built = refresh(judged, embedder, "judged")
     assert built["eval"]["judge"] == "grader-1"

@@ -5,11 +5,11 @@ import shutil
 import polars as pl
 import pytest
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import read_chunks, refresh_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.expectations import (
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.store.suites import (
     MAX_FAILED_ROWS,
     ROW_KEYS,
     SUITES,
@@ -20,11 +20,11 @@ from ragfresh.expectations import (
     suite_path,
     validate,
 )
-from ragfresh.impact import record_impact
-from ragfresh.pipeline import refresh
-from ragfresh.search import search_many
-from ragfresh.table_checks import table_rows, validate_table
-from ragfresh.tables import POLICY_DOCUMENTS, TABLES, VECTORS
+from policyfresh.serve.impact import record_impact
+from policyfresh.quality.pipeline import refresh
+from policyfresh.serve.search import search_many
+from policyfresh.quality.table_checks import table_rows, validate_table
+from policyfresh.store.tables import POLICY_DOCUMENTS, TABLES, VECTORS
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
 from tests.offline import open_offline, row_text
 
@@ -39,7 +39,7 @@ def test_every_suite_is_named_after_its_table_and_stored_as_gx_rebuilds_it():
     for name in SUITE_NAMES:
         path = suite_path(name)
         assert load_suite(path)["name"] == name
-        # `python -m ragfresh.expectations` rewrites them; a rebuild changes no byte
+        # `python -m policyfresh.store.suites` rewrites them; a rebuild changes no byte
         assert render_suite(load_suite(path)) == path.read_text(encoding="utf-8")
 
 
@@ -59,7 +59,7 @@ def test_a_suite_gx_cannot_read_is_rejected_when_rendered():
 
 
 def test_real_tables_pass_their_suites(settings, corpus, embedder, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "restricted=block")
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "restricted=block")
     settings = type(settings).load()
     ingest_documents(settings, run_id="r1")
     (corpus / "hr" / "remote-work.md").unlink()

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from ragfresh.chunks import read_chunks
-from ragfresh.config import Settings
-from ragfresh.evaluation import read_case_results
-from ragfresh.pipeline import refresh
-from ragfresh.search import search_many
-from ragfresh.vectors import open_vectors, read_vector_rows, reconcile
+from policyfresh.index.chunks import read_chunks
+from policyfresh.store.config import Settings
+from policyfresh.quality.evaluation import read_case_results
+from policyfresh.quality.pipeline import refresh
+from policyfresh.serve.search import search_many
+from policyfresh.index.vectors import open_vectors, read_vector_rows, reconcile
 from tests.conftest import HANDBOOK, HANDBOOK_GOLDEN
 
 pytestmark = pytest.mark.xdist_group("handbook-edits")  # its module fixture builds a home

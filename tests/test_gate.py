@@ -2,9 +2,9 @@
 
 import polars as pl
 
-from ragfresh.config import Gate
-from ragfresh.gate import compare, decide, metric_deltas, run_metrics
-from ragfresh.tables import EVAL_CASE_RESULTS, empty_frame
+from policyfresh.store.config import Gate
+from policyfresh.quality.gate import compare, decide, metric_deltas, run_metrics
+from policyfresh.store.tables import EVAL_CASE_RESULTS, empty_frame
 
 
 def cases(*rows: dict) -> pl.DataFrame:

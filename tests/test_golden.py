@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from ragfresh.golden import COLUMNS, GoldenFileError, load_golden
+from policyfresh.quality.golden import COLUMNS, GoldenFileError, load_golden
 from tests.conftest import BUNDLED_GOLDEN, HANDBOOK_GOLDEN
 
 HEADER = ",".join(COLUMNS)

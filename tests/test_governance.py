@@ -1,7 +1,7 @@
 import pytest
 
-from ragfresh.governance import Governance, load_owner_rules, parse_owner_rules, resolve_governance
-from ragfresh.parsing import ParseError
+from policyfresh.ingest.governance import Governance, load_owner_rules, parse_owner_rules, resolve_governance
+from policyfresh.ingest.parsing import ParseError
 from tests.conftest import BUNDLED
 
 RULES_TEXT = """

@@ -6,15 +6,15 @@ from dataclasses import asdict
 import polars as pl
 from deltalake import DeltaTable
 
-from ragfresh import chunks
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.documents import ingest_documents
-from ragfresh.holds import read_holds
-from ragfresh.pipeline import refresh
-from ragfresh.releases import served_release
-from ragfresh.tables import HELD_DOCUMENTS
-from ragfresh.vectors import vectors_dataset
+from policyfresh.index import chunks
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import refresh_chunks
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.index.holds import read_holds
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import served_release
+from policyfresh.store.tables import HELD_DOCUMENTS
+from policyfresh.index.vectors import vectors_dataset
 
 PII = "maria.okafor@example.com"
 LEAVE, FEES = "hr/annual-leave.md", "retail/overdraft-fees.md"

@@ -21,12 +21,12 @@ import pytest
 
 from assets.impact import answer_impact
 from orchestration.expectations import expectation_check
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh.api_keys import ApiKeys, key_id
-from ragfresh.cli import main
-from ragfresh.config import CLASSIFICATIONS, Gate, Settings
-from ragfresh.embedding import Embedder
-from ragfresh.impact import (
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.serve.api_keys import ApiKeys, key_id
+from policyfresh.cli.commands import main
+from policyfresh.store.config import CLASSIFICATIONS, Gate, Settings
+from policyfresh.index.embedding import Embedder
+from policyfresh.serve.impact import (
     Impact,
     Publication,
     impact,
@@ -37,16 +37,16 @@ from ragfresh.impact import (
     record_impact,
     write_impact,
 )
-from ragfresh.impact_notice import ATTEMPTS
-from ragfresh.pipeline import refresh
-from ragfresh.purge import ERASED, purge_document
-from ragfresh.releases import rollback, served_release
-from ragfresh.reports import build_reports, reports_dir
-from ragfresh.search import SearchResult, search_many
-from ragfresh.service import create_app
-from ragfresh.tables import ANSWER_IMPACT
-from ragfresh.trace_store import prune_traces, read_traces
-from ragfresh.vectors import open_vectors, read_vector_rows, vectors_dataset
+from policyfresh.serve.impact_notice import ATTEMPTS
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.purge import ERASED, purge_document
+from policyfresh.release.releases import rollback, served_release
+from policyfresh.quality.reports import build_reports, reports_dir
+from policyfresh.serve.search import SearchResult, search_many
+from policyfresh.serve.service import create_app
+from policyfresh.store.tables import ANSWER_IMPACT
+from policyfresh.serve.trace_store import prune_traces, read_traces
+from policyfresh.index.vectors import open_vectors, read_vector_rows, vectors_dataset
 from tests.conftest import HANDBOOK, HANDBOOK_GOLDEN
 from tests.test_service import bearer, running
 
@@ -477,7 +477,7 @@ def webhook(copied: Settings) -> Iterator[Webhook]:
 
 def _materialize(settings: Settings) -> dict:
     resources = {
-        "ragfresh": RagfreshResource(home=str(settings.home), policies=str(settings.policies)),
+        "policyfresh": PolicyfreshResource(home=str(settings.home), policies=str(settings.policies)),
         "embedder": EmbedderResource(),
     }
     result = dg.materialize([answer_impact, expectation_check(ANSWER_IMPACT.name)],
@@ -492,7 +492,7 @@ def _materialize(settings: Settings) -> dict:
 def test_the_asset_records_each_publication_and_notifies_those_with_new_answers(
     story, copied, webhook, monkeypatch
 ):
-    monkeypatch.setenv("RAGFRESH_IMPACT_WEBHOOK", webhook.url)
+    monkeypatch.setenv("POLICYFRESH_IMPACT_WEBHOOK", webhook.url)
     metadata = _materialize(copied)
     events = publications(copied)
     expected = pl.concat([impact_of(copied, [e]).rows for e in events])
@@ -519,7 +519,7 @@ def test_the_asset_records_each_publication_and_notifies_those_with_new_answers(
     again = _materialize(copied)  # nothing new: nothing written, nobody told twice
     assert again["publications"] == 0 and len(webhook.received) == 4
     rollback(copied, to=events[0].release, actor="test", reason="the old leave text again")
-    monkeypatch.setenv("RAGFRESH_IMPACT_WEBHOOK", webhook.url.replace("127.0.0.1", "localhost"))
+    monkeypatch.setenv("POLICYFRESH_IMPACT_WEBHOOK", webhook.url.replace("127.0.0.1", "localhost"))
     assert _materialize(copied)["publications"] == 1
     assert webhook.received[-1]["body"]["event_id"] == publications(copied)[-1].event_id
     assert story.targeted["leave_new"].trace_id in set(read_impact(copied)["trace_id"])
@@ -529,7 +529,7 @@ def test_a_notice_that_keeps_failing_is_reported_and_blocks_nothing(copied, webh
     record_impact(copied, run_id="before")  # every publication so far is recorded
     rollback(copied, to=publications(copied)[0].release, actor="test", reason="undo")
     webhook.failures = ATTEMPTS
-    monkeypatch.setenv("RAGFRESH_IMPACT_WEBHOOK", webhook.url)
+    monkeypatch.setenv("POLICYFRESH_IMPACT_WEBHOOK", webhook.url)
     metadata = _materialize(copied)
     assert metadata["notices_failed"] == 1 and "HTTP 500" in metadata["notices"]
     assert len(webhook.received) == ATTEMPTS  # one publication, tried ATTEMPTS times

@@ -2,11 +2,11 @@
 
 import pytest
 
-from ragfresh.judge import Judge, JudgeError
+from policyfresh.quality.judge import Judge, JudgeError
 
 
 def test_the_judge_speaks_the_chat_completions_protocol(chat_server, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_JUDGE_API_KEY", "secret")
+    monkeypatch.setenv("POLICYFRESH_JUDGE_API_KEY", "secret")
     judge = Judge.from_settings(chat_server.url, "grader-1")
     score = judge.groundedness("Fee?", "$29 per item", ["The fee is $29 per item.", "Other."])
     assert score == 0.9

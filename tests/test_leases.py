@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from ragfresh import delta_store, leases
-from ragfresh.config import Settings
-from ragfresh.tables import WRITER_LEASES, empty_frame
+from policyfresh.store import delta_store
+
+from policyfresh.store import leases
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import WRITER_LEASES, empty_frame
 
 
 def stored_lease(settings: Settings, holder: str, expires_in: float) -> None:
@@ -37,7 +39,7 @@ def holders(settings: Settings) -> list[str]:
 
 @contextmanager
 def logged(start: str) -> Iterator[threading.Event]:
-    """An event set once `ragfresh.leases` logs a message starting with `start`."""
+    """An event set once `policyfresh.store.leases` logs a message starting with `start`."""
     seen = threading.Event()
 
     class Watch(logging.Handler):
@@ -45,7 +47,7 @@ def logged(start: str) -> Iterator[threading.Event]:
             if record.getMessage().startswith(start):
                 seen.set()
 
-    logger, handler = logging.getLogger("ragfresh.leases"), Watch(logging.INFO)
+    logger, handler = logging.getLogger("policyfresh.store.leases"), Watch(logging.INFO)
     level = logger.level
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)

@@ -18,19 +18,19 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from ragfresh import delta_store
-from ragfresh.chunks import read_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import read_documents
-from ragfresh.pipeline import refresh
-from ragfresh.purge import purge_document
-from ragfresh.releases import read_audit, read_releases, rollback
-from ragfresh.search import search
-from ragfresh.tables import EVAL_RUNS, WRITER_LEASES
-from ragfresh.trace_store import read_traces
-from ragfresh.vectors import open_vectors, reconcile
+from policyfresh.store import delta_store
+from policyfresh.index.chunks import read_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import read_documents
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.purge import purge_document
+from policyfresh.release.releases import read_audit, read_releases, rollback
+from policyfresh.serve.search import search
+from policyfresh.store.tables import EVAL_RUNS, WRITER_LEASES
+from policyfresh.serve.trace_store import read_traces
+from policyfresh.index.vectors import open_vectors, reconcile
 from tests.s3 import S3Server, s3_server
-from tests.test_cli import environment, ragfresh
+from tests.test_cli import environment, policyfresh
 
 pytestmark = pytest.mark.xdist_group("s3")  # its module fixture: built once
 
@@ -51,12 +51,12 @@ def s3_settings(
     small_settings: Settings, s3: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> Settings:
     """The small corpus with its lake and vectors in a new bucket; state stays in the home."""
-    bucket = f"ragfresh-{uuid.uuid4().hex[:12]}"
+    bucket = f"policyfresh-{uuid.uuid4().hex[:12]}"
     s3.client().create_bucket(Bucket=bucket)
     for name, value in s3.environment.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("RAGFRESH_LAKE_URI", f"s3://{bucket}/lake")
-    monkeypatch.setenv("RAGFRESH_VECTORS_URI", f"s3://{bucket}/vectors")
+    monkeypatch.setenv("POLICYFRESH_LAKE_URI", f"s3://{bucket}/lake")
+    monkeypatch.setenv("POLICYFRESH_VECTORS_URI", f"s3://{bucket}/vectors")
     return Settings.load()
 
 
@@ -155,8 +155,8 @@ def test_two_refreshes_on_two_machines_at_once_leave_one_index_and_one_release(
     homes = [tmp_path / "machine-a", tmp_path / "machine-b"]
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "ragfresh.cli", "run", "--json"],
-            env=environment(s3_settings, RAGFRESH_HOME=str(home)),
+            [sys.executable, "-m", "policyfresh.cli.commands", "run", "--json"],
+            env=environment(s3_settings, POLICYFRESH_HOME=str(home)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -184,7 +184,7 @@ def test_two_refreshes_on_two_machines_at_once_leave_one_index_and_one_release(
     assert published.height == 1
     assert read_audit(s3_settings)["action"].to_list() == ["publish"]
     # Each machine says where the shared lake, vectors and locks are, and where its own state is.
-    status = json.loads(ragfresh(replace(s3_settings, home=homes[0]), "status", "--json").stdout)
+    status = json.loads(policyfresh(replace(s3_settings, home=homes[0]), "status", "--json").stdout)
     assert status["home"] == str(homes[0]) and status["reports"] == str(homes[0] / "reports")
     assert status["lake"] == s3_settings.lake_uri
     assert status["vectors_uri"] == s3_settings.vectors_uri

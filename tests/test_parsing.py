@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from ragfresh import parsing
-from ragfresh.documents import ingest_documents
-from ragfresh.parsing import (
+from policyfresh.ingest import parsing
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.ingest.parsing import (
     MAX_PDF_PAGES,
     ParsedDocument,
     ParseError,
@@ -169,12 +169,12 @@ def test_headings_come_from_markdown_structure_not_hash_lines():
 
 def test_a_parse_over_the_time_limit_is_stopped_with_the_reason(monkeypatch):
     pdf = (BUNDLED / "retail" / "mortgage-hardship.pdf").read_bytes()
-    monkeypatch.setenv("RAGFRESH_MAX_PARSE_SECONDS", "0.001")
+    monkeypatch.setenv("POLICYFRESH_MAX_PARSE_SECONDS", "0.001")
     with pytest.raises(
-        ParseTimeoutError, match=r"more than 0.001 s \(RAGFRESH_MAX_PARSE_SECONDS\)"
+        ParseTimeoutError, match=r"more than 0.001 s \(POLICYFRESH_MAX_PARSE_SECONDS\)"
     ):
         parse_document("m.pdf", pdf)
-    monkeypatch.delenv("RAGFRESH_MAX_PARSE_SECONDS")
+    monkeypatch.delenv("POLICYFRESH_MAX_PARSE_SECONDS")
     assert "hardship" in parse_document("m.pdf", pdf).text.lower()  # a new parser process
 
 
@@ -241,7 +241,7 @@ def test_damaged_pdf_and_docx_raise_nothing_but_parse_error(name, data):
 LAST_LINE_HEADING = b"Intro\n\n## Fees\n\nbody"
 
 
-def test_an_exception_in_ragfresh_code_is_a_parser_bug_not_a_refusal(monkeypatch):
+def test_an_exception_in_policyfresh_code_is_a_parser_bug_not_a_refusal(monkeypatch):
     monkeypatch.setattr(parsing, "_LINE_BREAK", re.compile("(?!)"))  # a line-break regex gone bad
     with pytest.raises(ParserBugError) as raised:
         parse_document("fees.md", LAST_LINE_HEADING)
@@ -254,7 +254,7 @@ def test_an_exception_in_ragfresh_code_is_a_parser_bug_not_a_refusal(monkeypatch
 
 FAULTY_WORKER = """#!{python}
 import os, signal, sys
-from ragfresh import parsing
+from policyfresh.ingest import parsing
 
 def fault(data):
     if b"crash" in data:

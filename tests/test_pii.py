@@ -4,11 +4,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ragfresh import pii
-from ragfresh.chunking import Chunker
-from ragfresh.embedding import Embedder
-from ragfresh.parsing import parse_document
-from ragfresh.pii import (
+from policyfresh.ingest import pii
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.embedding import Embedder
+from policyfresh.ingest.parsing import parse_document
+from policyfresh.ingest.pii import (
     PiiDetectorError,
     PiiSpan,
     detect,
@@ -18,8 +18,8 @@ from ragfresh.pii import (
     redact,
     to_original_offset,
 )
-from ragfresh.pii_allow import parse_allow_list
-from ragfresh.pipeline import refresh
+from policyfresh.ingest.pii_allow import parse_allow_list
+from policyfresh.quality.pipeline import refresh
 from tests.conftest import BUNDLED, keep_only
 
 TEXT = (

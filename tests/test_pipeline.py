@@ -9,14 +9,14 @@ import sys
 import polars as pl
 import pytest
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import read_chunks, refresh_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.freshness import document_lag
-from ragfresh.pipeline import refresh
-from ragfresh.releases import read_audit, read_releases, served_release
-from ragfresh.vectors import open_vectors, reconcile, vectors_dataset
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.store.freshness import document_lag
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import read_audit, read_releases, served_release
+from policyfresh.index.vectors import open_vectors, reconcile, vectors_dataset
 from tests.conftest import REPO, HashEmbedder
 
 ZERO = {"missing": 0, "stale": 0, "orphaned": 0, "duplicates": 0, "model_mismatch": 0}
@@ -27,8 +27,8 @@ OLD_FEE, NEW_FEE = "$29 per item", "$19 per item"
 # refresh dies exactly where that call would have been made.
 KILLED_REFRESH = """
 import importlib, os, signal, sys
-from ragfresh.config import Settings
-from ragfresh.pipeline import refresh
+from policyfresh.store.config import Settings
+from policyfresh.quality.pipeline import refresh
 from tests.conftest import HashEmbedder
 
 module, _, path = sys.argv[1].partition(":")
@@ -45,12 +45,12 @@ refresh(Settings.load(), HashEmbedder(), "killed")
 # child's work starts at the vectors, and it does not import Presidio), "unbuilt" (the edit
 # ingested and chunked, no vector table yet).
 KILLS = [
-    pytest.param("ragfresh.documents:_record_errors", "edited", id="after-documents-commit"),
+    pytest.param("policyfresh.ingest.documents:_record_errors", "edited", id="after-documents-commit"),
     pytest.param("lancedb.table:LanceTable.merge_insert", "chunked", id="vectors-delete-merge"),
-    pytest.param("ragfresh.vectors:_ensure_indexes", "unbuilt", id="vectors-write-index"),
-    pytest.param("ragfresh.evaluation:record_candidate", "chunked", id="eval-run-candidate"),
-    pytest.param("ragfresh.pipeline:publish_candidate", "chunked", id="vectors-publication"),
-    pytest.param("ragfresh.releases:_audit", "chunked", id="served-tag-audit"),
+    pytest.param("policyfresh.index.vectors:_ensure_indexes", "unbuilt", id="vectors-write-index"),
+    pytest.param("policyfresh.quality.evaluation:record_candidate", "chunked", id="eval-run-candidate"),
+    pytest.param("policyfresh.quality.pipeline:publish_candidate", "chunked", id="vectors-publication"),
+    pytest.param("policyfresh.release.releases:_audit", "chunked", id="served-tag-audit"),
 ]
 
 
@@ -91,7 +91,7 @@ def assert_converged(settings: Settings, embedder: HashEmbedder) -> None:
 def test_a_refresh_killed_between_two_writes_converges_on_the_next(
     target, start, small_settings, monkeypatch
 ):
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", "none")  # hash vectors would fail the gate
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", "none")  # hash vectors would fail the gate
     settings = Settings.load()
     embedder = HashEmbedder()  # bookkeeping only: which rows are written, not what they mean
     prepare(settings, embedder, start)

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from ragfresh import query_encoder
-from ragfresh.golden import load_golden
-from ragfresh.query_encoder import (
+from policyfresh.serve import query_encoder
+from policyfresh.quality.golden import load_golden
+from policyfresh.serve.query_encoder import (
     MIN_COSINE,
     ExportError,
     OnnxEncoder,
@@ -59,8 +59,8 @@ def test_an_export_that_differs_from_torch_is_never_trusted(own_cache, embedder,
 def test_encoding_with_the_export_imports_no_torch(settings, embedder):
     export_onnx(settings, embedder)
     probe = (
-        "import sys; from ragfresh.config import Settings; from ragfresh.embedding import "
-        "Embedder; from ragfresh.query_encoder import load_onnx; "
+        "import sys; from policyfresh.store.config import Settings; from policyfresh.index.embedding import "
+        "Embedder; from policyfresh.serve.query_encoder import load_onnx; "
         "print(load_onnx(Settings.load(), Embedder()).encode(['a question']).shape, "
         "'torch' in sys.modules)"
     )
@@ -73,21 +73,21 @@ def test_encoding_with_the_export_imports_no_torch(settings, embedder):
 
 EXPORTER = """
 import sys
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
-from ragfresh.query_encoder import export_onnx
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder
+from policyfresh.serve.query_encoder import export_onnx
 print(export_onnx(Settings.load(), Embedder()).exported)
 """
 
 
 def test_two_processes_sharing_a_model_cache_export_once(settings, tmp_path):
-    """Two machines' refreshes may share `RAGFRESH_MODEL_CACHE`: one exports, the other waits
+    """Two machines' refreshes may share `POLICYFRESH_MODEL_CACHE`: one exports, the other waits
     and finds the export (they raced on one staging folder and one of them failed)."""
-    env = {"RAGFRESH_MODEL_CACHE": str(tmp_path / "shared-models")}
+    env = {"POLICYFRESH_MODEL_CACHE": str(tmp_path / "shared-models")}
     runs = [
         subprocess.Popen(
             [sys.executable, "-c", EXPORTER],
-            env={**os.environ, **env, "RAGFRESH_HOME": str(tmp_path / home)},
+            env={**os.environ, **env, "POLICYFRESH_HOME": str(tmp_path / home)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,5 +1,5 @@
 """Embedding on a real single-node Ray cluster: the same vectors as in-process, a killed actor's
-batch retried, nothing embedded twice, and no Ray at all without `RAGFRESH_RAY_ADDRESS`."""
+batch retried, nothing embedded twice, and no Ray at all without `POLICYFRESH_RAY_ADDRESS`."""
 
 import logging
 import os
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.documents import ingest_documents
-from ragfresh.errors import ConfigError
-from ragfresh.ray_embedding import LOCAL, EncodeBatch, RayEmbedder, connect
-from ragfresh.vectors import reconcile, sync_vectors
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import refresh_chunks
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.store.errors import ConfigError
+from policyfresh.index.ray_embedding import LOCAL, EncodeBatch, RayEmbedder, connect
+from policyfresh.index.vectors import reconcile, sync_vectors
 from tests.conftest import BUNDLED, REPO
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -81,7 +81,7 @@ def map_workers(busy: bool = False) -> list[int]:
 
 
 def test_vectors_from_ray_equal_the_in_process_ones(ray_embedder, embedder, caplog):
-    caplog.set_level(logging.INFO, logger="ragfresh.ray_embedding")
+    caplog.set_level(logging.INFO, logger="policyfresh.index.ray_embedding")
     texts = [*paragraphs(40), "fee", "a"]
     reported: list[tuple[int, int]] = []
     vectors = ray_embedder.encode(texts, batch_size=8, progress=lambda *p: reported.append(p))
@@ -95,7 +95,7 @@ def test_vectors_from_ray_equal_the_in_process_ones(ray_embedder, embedder, capl
 
 
 def test_a_single_text_is_encoded_in_this_process(ray_embedder, embedder, caplog):
-    caplog.set_level(logging.INFO, logger="ragfresh.ray_embedding")
+    caplog.set_level(logging.INFO, logger="policyfresh.index.ray_embedding")
     question = ["What is the overdraft fee?"]
     assert np.allclose(ray_embedder.encode(question), embedder.encode(question), atol=1e-6)
     assert ray_embedder.encode([]).shape == (0, 384)
@@ -121,7 +121,7 @@ def test_a_killed_actors_batch_is_retried(ray_embedder, embedder):
 
 
 def test_a_rerun_embeds_nothing_new(ray_embedder, small_settings, embedder, caplog):
-    caplog.set_level(logging.INFO, logger="ragfresh.ray_embedding")
+    caplog.set_level(logging.INFO, logger="policyfresh.index.ray_embedding")
     ingest_documents(small_settings, "ingest")
     chunks = refresh_chunks(small_settings, Chunker.for_model(embedder), "chunks").total_chunks
     first = sync_vectors(small_settings, ray_embedder)
@@ -161,7 +161,7 @@ except Exception as exc:
 
 def refresh_path(block_ray: bool = False, **env: str) -> str:
     """What the refresh path's embedder is in a fresh interpreter, and whether Ray got loaded."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAGFRESH_RAY")}
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("POLICYFRESH_RAY")}
     code = ("sys.modules['ray'] = None\n" if block_ray else "") + PROBE
     done = subprocess.run(
         [sys.executable, "-c", f"import sys\n{code}"], env=environment | env, cwd=REPO,
@@ -172,16 +172,16 @@ def refresh_path(block_ray: bool = False, **env: str) -> str:
 
 def test_without_the_address_ray_is_never_imported():
     assert refresh_path() == "Embedder False"
-    assert refresh_path(RAGFRESH_RAY_ADDRESS=LOCAL) == "RayEmbedder False"  # connects on encode
-    missing = refresh_path(block_ray=True, RAGFRESH_RAY_ADDRESS=LOCAL)
-    assert missing == "ConfigError RAGFRESH_RAY_ADDRESS='local' needs Ray: install ragfresh[ray]"
+    assert refresh_path(POLICYFRESH_RAY_ADDRESS=LOCAL) == "RayEmbedder False"  # connects on encode
+    missing = refresh_path(block_ray=True, POLICYFRESH_RAY_ADDRESS=LOCAL)
+    assert missing == "ConfigError POLICYFRESH_RAY_ADDRESS='local' needs Ray: install policyfresh[ray]"
 
 
 def test_an_unreachable_address_is_a_clear_error():
     with socket.socket() as closed:  # bound, never listening: held, and every connection refused
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-        code = f"from ragfresh.ray_embedding import RayEmbedder; RayEmbedder('127.0.0.1:{port}')"
+        code = f"from policyfresh.index.ray_embedding import RayEmbedder; RayEmbedder('127.0.0.1:{port}')"
         done = subprocess.run(
             [sys.executable, "-c", f"{code}.encode(['a', 'b'])"],
             cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -12,16 +12,16 @@ import polars as pl
 import pytest
 
 from assets.reports import quality_reports
-from orchestration.resources import EmbedderResource, RagfreshResource
-from ragfresh import delta_store
-from ragfresh.cli import main
-from ragfresh.config import Settings
-from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.pipeline import refresh
-from ragfresh.releases import release_status
-from ragfresh.reports import ACTIONS, UNOWNED, build_reports, owner_slugs, reports_dir
-from ragfresh.tables import HELD_DOCUMENTS, POLICY_DOCUMENTS, empty_frame
-from ragfresh.vectors import open_vectors, vector_gaps
+from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.store import delta_store
+from policyfresh.cli.commands import main
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import release_status
+from policyfresh.quality.reports import ACTIONS, UNOWNED, build_reports, owner_slugs, reports_dir
+from policyfresh.store.tables import HELD_DOCUMENTS, POLICY_DOCUMENTS, empty_frame
+from policyfresh.index.vectors import open_vectors, vector_gaps
 from tests.conftest import BUNDLED, ENVIRONMENT, SMALL, keep_only
 from tests.offline import open_offline, row_text
 from tests.test_evaluation import GOLDEN, write_golden
@@ -92,11 +92,11 @@ def built(tmp_path_factory, model_cache, embedder):
     shutil.copytree(BUNDLED, corpus)
     keep_only(corpus, [*SMALL, UNOWNED_DOC])
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAGFRESH_HOME", str(root / "home"))
-        env.setenv("RAGFRESH_POLICIES", str(corpus))
-        env.setenv("RAGFRESH_MODEL_CACHE", str(model_cache))
+        env.setenv("POLICYFRESH_HOME", str(root / "home"))
+        env.setenv("POLICYFRESH_POLICIES", str(corpus))
+        env.setenv("POLICYFRESH_MODEL_CACHE", str(model_cache))
         golden = write_golden(root / "golden.csv", [*GOLDEN, SHARED_CASE])
-        env.setenv("RAGFRESH_GOLDEN_CASES", str(golden))
+        env.setenv("POLICYFRESH_GOLDEN_CASES", str(golden))
         for name in ENVIRONMENT:
             env.delenv(name, raising=False)
         settings = Settings.load()
@@ -255,7 +255,7 @@ def test_the_report_command(built, capsys):
 def test_the_quality_reports_asset_names_every_page(built):
     result = dg.materialize(
         [quality_reports],
-        resources={"ragfresh": RagfreshResource(), "embedder": EmbedderResource()},
+        resources={"policyfresh": PolicyfreshResource(), "embedder": EmbedderResource()},
     )
     assert result.success
     (event,) = result.get_asset_materialization_events()

@@ -2,16 +2,16 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.config import CLASSIFICATIONS, Settings
-from ragfresh.documents import ingest_documents
-from ragfresh.errors import RagfreshError
-from ragfresh.pipeline import refresh
-from ragfresh.search import IndexNotBuiltError, ModelMismatchError, search, search_many
-from ragfresh.tables import RETRIEVAL_TRACES
-from ragfresh.traces import TraceNotFoundError, explain_trace
-from ragfresh.vectors import open_vectors, sync_vectors
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import refresh_chunks
+from policyfresh.store.config import CLASSIFICATIONS, Settings
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.store.errors import PolicyfreshError
+from policyfresh.quality.pipeline import refresh
+from policyfresh.serve.search import IndexNotBuiltError, ModelMismatchError, search, search_many
+from policyfresh.store.tables import RETRIEVAL_TRACES
+from policyfresh.serve.traces import TraceNotFoundError, explain_trace
+from policyfresh.index.vectors import open_vectors, sync_vectors
 from tests.conftest import HashEmbedder
 
 
@@ -59,7 +59,7 @@ def test_many_questions_share_one_index_version_and_one_commit(small_settings, e
 
 
 def test_search_refuses_an_index_built_by_another_model(small_settings, embedder, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", "none")  # published unevaluated
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", "none")  # published unevaluated
     ungated = Settings.load()
     assert refresh(ungated, HashEmbedder(), "other-model")["release"]["published"]
     with pytest.raises(ModelMismatchError, match="refresh the index with this model"):
@@ -120,7 +120,7 @@ def test_a_trace_whose_index_version_is_gone_says_so(small_settings, embedder):
 
 
 def test_trace_appends_are_compacted_every_so_often(small_settings, embedder, monkeypatch):
-    from ragfresh import delta_store
+    from policyfresh.store import delta_store
 
     monkeypatch.setattr(delta_store, "COMPACT_EVERY", 2)
     refresh(small_settings, embedder, "build")
@@ -143,5 +143,5 @@ def test_a_caller_reads_only_its_classifications_and_the_trace_says_which(small_
     assert by_id[internal.trace_id]["entitled"] == ["internal", "public"]
     assert by_id[everything.trace_id]["entitled"] == sorted(CLASSIFICATIONS)
     assert by_id[internal.trace_id]["api_key_id"] is None
-    with pytest.raises(RagfreshError, match="may read no classification"):
+    with pytest.raises(PolicyfreshError, match="may read no classification"):
         search(small_settings, embedder, sentence, entitled=[])

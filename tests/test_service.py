@@ -13,13 +13,13 @@ import polars as pl
 import pytest
 import uvicorn
 
-from ragfresh.api_keys import ApiKeys, key_id
-from ragfresh.config import CLASSIFICATIONS, Settings
-from ragfresh.pipeline import refresh
-from ragfresh.query_encoder import OnnxEncoder, query_encoder
-from ragfresh.search import search
-from ragfresh.service import create_app
-from ragfresh.tables import RETRIEVAL_TRACES
+from policyfresh.serve.api_keys import ApiKeys, key_id
+from policyfresh.store.config import CLASSIFICATIONS, Settings
+from policyfresh.quality.pipeline import refresh
+from policyfresh.serve.query_encoder import OnnxEncoder, query_encoder
+from policyfresh.serve.search import search
+from policyfresh.serve.service import create_app
+from policyfresh.store.tables import RETRIEVAL_TRACES
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
 
 pytestmark = pytest.mark.xdist_group("service")  # its module fixture: built once
@@ -182,7 +182,7 @@ def test_an_internal_failure_is_a_json_500_that_leaks_nothing(service, monkeypat
     def fail(settings, trace_id):
         raise RuntimeError("cannot read jane.doe@example.com's trace")
 
-    monkeypatch.setattr("ragfresh.service.explain_trace", fail)
+    monkeypatch.setattr("policyfresh.serve.service.explain_trace", fail)
     failed = service.get("/traces/any", headers=bearer(PUBLIC))
     assert failed.status_code == 500
     assert failed.json() == {"error": "internal error; the service log has the details"}

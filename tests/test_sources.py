@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from ragfresh.errors import PoliciesNotFoundError
-from ragfresh.sources import (
+from policyfresh.store.errors import PoliciesNotFoundError
+from policyfresh.ingest.sources import (
     LEAVES_ROOT,
     LINKED_FOLDER,
     TreeState,

@@ -10,13 +10,13 @@ import polars as pl
 import pyarrow as pa
 from deltalake import write_deltalake
 
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import refresh_chunks
-from ragfresh.documents import ingest_documents
-from ragfresh.expectations import data_docs_dir, load_suite, suite_parameters, suite_path
-from ragfresh.table_checks import table_fault, validate_table
-from ragfresh.tables import POLICY_DOCUMENTS, VECTORS
-from ragfresh.vectors import sync_vectors
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import refresh_chunks
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.store.suites import data_docs_dir, load_suite, suite_parameters, suite_path
+from policyfresh.quality.table_checks import table_fault, validate_table
+from policyfresh.store.tables import POLICY_DOCUMENTS, VECTORS
+from policyfresh.index.vectors import sync_vectors
 
 PII = "maria.okafor@example.com"
 

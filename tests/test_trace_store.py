@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ragfresh.config import Settings
-from ragfresh.tables import RETRIEVAL_TRACES
-from ragfresh.trace_store import prune_traces, read_traces, trace_secret, write_traces
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import RETRIEVAL_TRACES
+from policyfresh.serve.trace_store import prune_traces, read_traces, trace_secret, write_traces
 
 EMAIL = "maria.okafor@example.com"
 QUESTION = f"Can {EMAIL} still waive the overdraft fee?"
@@ -55,7 +55,7 @@ def test_another_home_hashes_the_same_question_differently(settings, tmp_path):
 
 
 def test_traces_past_retention_are_deleted_from_every_stored_file(settings, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_TRACE_RETENTION_DAYS", "30")
+    monkeypatch.setenv("POLICYFRESH_TRACE_RETENTION_DAYS", "30")
     settings = Settings.load()
     old = datetime.now(tz=UTC) - timedelta(days=31)
     write_traces(settings, [trace("when is the old fee charged", old)], run_id="t")

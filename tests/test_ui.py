@@ -1,7 +1,7 @@
-"""The Dagster UI of `ragfresh dev` in a real browser (Playwright driving Debian's chromium).
+"""The Dagster UI of `policyfresh dev` in a real browser (Playwright driving Debian's chromium).
 
 Slow (about two and a half minutes on two cores): it starts the real webserver and daemon with
-`ragfresh dev` on a free port of 127.0.0.1 and an empty temporary home, then, as a person
+`policyfresh dev` on a free port of 127.0.0.1 and an empty temporary home, then, as a person
 would: the global asset graph lists every asset of the code location; the Automation page
 shows every sensor of the code location running; "Materialize all" launches a run that
 succeeds; and a policy edit saved on disk shows up in the Runs page as a run requested by
@@ -36,9 +36,9 @@ from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
-# `ragfresh dev` here and in the other module of this group never run at once: two dev servers,
+# `policyfresh dev` here and in the other module of this group never run at once: two dev servers,
 # their daemons and runs would share two cores (and their free ports could meet).
-pytestmark = pytest.mark.xdist_group("ragfresh-dev")
+pytestmark = pytest.mark.xdist_group("policyfresh-dev")
 
 STARTUP_TIMEOUT_SECONDS = 180
 RUN_TIMEOUT_SECONDS = 300  # a full build of the bundled corpus takes about a minute here
@@ -69,7 +69,7 @@ def code_location() -> tuple[list[str], list[str]]:
 
 @dataclass
 class Dev:
-    """A running `ragfresh dev`: its URL, a GraphQL client, its policies folder and log."""
+    """A running `policyfresh dev`: its URL, a GraphQL client, its policies folder and log."""
 
     url: str
     client: httpx.Client
@@ -86,7 +86,7 @@ class Dev:
         return self.bench.runs(self.client, **run_filter)
 
     def sensor_states(self) -> dict[str, str]:
-        selector = {"repositoryLocationName": "ragfresh", "repositoryName": "__repository__"}
+        selector = {"repositoryLocationName": "policyfresh", "repositoryName": "__repository__"}
         found = self.bench.graphql(self.client, SENSORS_QUERY, selector=selector)
         sensors = found["sensorsOrError"]
         assert sensors["__typename"] == "Sensors", sensors
@@ -95,7 +95,7 @@ class Dev:
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Dev]:
-    """`ragfresh dev` on an empty temporary home and five of the bundled policies, the
+    """`policyfresh dev` on an empty temporary home and five of the bundled policies, the
     webserver on a free port of 127.0.0.1; stopped by its process group at the end."""
     bench = load_benchmark()
     work = tmp_path_factory.mktemp("ui")
@@ -103,15 +103,15 @@ def dev(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator
     shutil.copytree(BUNDLED, policies)
     keep_only(policies, SMALL)  # five policies: the sensor's first build is quick
     env = bench.pipeline_env(work / "home", policies, BUNDLED_GOLDEN) | {
-        "RAGFRESH_MODEL_CACHE": str(model_cache),
-        "RAGFRESH_SENSOR_INTERVAL": str(bench.SENSOR_INTERVAL_SECONDS),
+        "POLICYFRESH_MODEL_CACHE": str(model_cache),
+        "POLICYFRESH_SENSOR_INTERVAL": str(bench.SENSOR_INTERVAL_SECONDS),
     }
     port = bench.free_port()
     log = work / "dev.log"
     started = time.monotonic()
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [*bench.ragfresh_command(), "dev", "--", "-p", str(port), "-h", "127.0.0.1"],
+            [*bench.policyfresh_command(), "dev", "--", "-p", str(port), "-h", "127.0.0.1"],
             env=env,
             cwd=REPO,
             stdout=output,
@@ -123,7 +123,7 @@ def dev(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
         while not bench.webserver_up(client):
-            assert process.poll() is None, f"`ragfresh dev` exited:\n{bench.tail(log)}"
+            assert process.poll() is None, f"`policyfresh dev` exited:\n{bench.tail(log)}"
             assert time.monotonic() < deadline, f"no webserver:\n{bench.tail(log)}"
             time.sleep(0.5)
         running = Dev(f"http://127.0.0.1:{port}", client, policies, log, bench, started)
@@ -144,7 +144,7 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             os.killpg(process.pid, signal_)  # its own group: start_new_session made it leader
         if load_benchmark().gone(process, process.pid, grace):
             return
-    raise AssertionError(f"process group {process.pid} of `ragfresh dev` survived SIGKILL")
+    raise AssertionError(f"process group {process.pid} of `policyfresh dev` survived SIGKILL")
 
 
 @pytest.fixture(autouse=True)
@@ -288,11 +288,11 @@ def test_slow_the_dagster_ui_shows_the_graph_materializes_and_follows_an_edit(
     new_run = requested[-1]
     dev.mark(f"run {new_run['runId'][:8]} requested by the sensor after the edit")
     tags = {tag["key"]: tag["value"] for tag in new_run["tags"]}
-    assert tags["ragfresh/trigger"] == "policy_source_sensor"
-    assert tags["ragfresh/changes"] == "1 changed"
+    assert tags["policyfresh/trigger"] == "policy_source_sensor"
+    assert tags["policyfresh/changes"] == "1 changed"
     page.reload()  # the Runs page also refreshes itself every few seconds
     expect(run_link(page, new_run["runId"])).to_be_visible()
-    expect(page.get_by_text("ragfresh/trigger: policy_source_sensor").first).to_be_visible()
+    expect(page.get_by_text("policyfresh/trigger: policy_source_sensor").first).to_be_visible()
     shot(page, screenshots / "06-runs-after-edit.png")
     assert len(list(screenshots.glob("*.png"))) == 6
     dev.mark("done")

@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from ragfresh.config import Settings
-from ragfresh.pipeline import refresh
-from ragfresh.releases import read_audit
-from ragfresh.tables import POLICY_CHUNKS
-from ragfresh.vectors import vectors_dataset
+from policyfresh.store.config import Settings
+from policyfresh.quality.pipeline import refresh
+from policyfresh.release.releases import read_audit
+from policyfresh.store.tables import POLICY_CHUNKS
+from policyfresh.index.vectors import vectors_dataset
 
 FEES = "retail/overdraft-fees.md"
 EMAIL = "quentin.zappa@example.org"
@@ -21,13 +21,13 @@ def test_tightening_allow_to_redact_forgets_every_raw_version(
 ):
     path = small_settings.policies / FEES
     path.write_text(path.read_text() + f"\nWaivers are approved by {EMAIL}.\n")
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "public=allow")
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "public=allow")
     refresh(Settings.load(), embedder, "allowed")
     vectors = Path(small_settings.vectors_uri)
     chunks = Path(small_settings.table_uri(POLICY_CHUNKS.name).removeprefix("file://"))
     assert files_holding(vectors, EMAIL) and files_holding(chunks, EMAIL)
 
-    monkeypatch.delenv("RAGFRESH_PII_RULES")
+    monkeypatch.delenv("POLICYFRESH_PII_RULES")
     summary = refresh(Settings.load(), embedder, "tightened")
 
     assert summary["chunks"]["documents_rechunked"] == 5

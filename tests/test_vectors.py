@@ -13,15 +13,15 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from ragfresh import vectors
-from ragfresh.chunking import Chunker
-from ragfresh.chunks import read_chunks
-from ragfresh.config import Settings
-from ragfresh.documents import read_documents
-from ragfresh.embedding import Embedder
-from ragfresh.pipeline import refresh
-from ragfresh.tables import INGEST_ERRORS, POLICY_CHUNKS, POLICY_DOCUMENTS
-from ragfresh.vectors import VECTORS, _ensure_indexes, open_vectors, read_vector_rows, reconcile
+from policyfresh.index import vectors
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import read_chunks
+from policyfresh.store.config import Settings
+from policyfresh.ingest.documents import read_documents
+from policyfresh.index.embedding import Embedder
+from policyfresh.quality.pipeline import refresh
+from policyfresh.store.tables import INGEST_ERRORS, POLICY_CHUNKS, POLICY_DOCUMENTS
+from policyfresh.index.vectors import VECTORS, _ensure_indexes, open_vectors, read_vector_rows, reconcile
 from tests.conftest import REPO, HashEmbedder
 
 PLANTED = [
@@ -116,7 +116,7 @@ def test_planted_pii_never_reaches_the_model_or_the_vector_store(small_settings,
 
 
 def test_classification_rules_block_or_allow(small_settings, embedder, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "restricted=block,internal=allow")
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "restricted=block,internal=allow")
     settings = Settings.load()
     result = refresh(settings, embedder, "rules")
     assert result["chunks"]["blocked"] >= 1
@@ -132,11 +132,11 @@ def test_classification_rules_block_or_allow(small_settings, embedder, monkeypat
 
 def test_a_pii_rule_change_after_a_build_regates_every_chunk(small_settings, embedder, monkeypatch):
     refresh(small_settings, embedder, "build")
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=allow")
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "internal=allow")
     allowed = Settings.load()
     refresh(allowed, embedder, "allow")
     assert "maria.okafor@northwind-bank.com" in "\n".join(vector_texts(allowed))
-    monkeypatch.delenv("RAGFRESH_PII_RULES")
+    monkeypatch.delenv("POLICYFRESH_PII_RULES")
     result = refresh(Settings.load(), embedder, "redact-again")
     assert result["chunks"]["documents_rechunked"] == 5
     assert "maria.okafor@northwind-bank.com" not in "\n".join(vector_texts(small_settings))
@@ -167,9 +167,9 @@ def test_duplicated_rows_are_counted_and_repaired(small_settings, embedder):
 
 KILL_AFTER_FIRST_BATCH = """
 import os, signal, sys
-from ragfresh.config import Settings
-from ragfresh.embedding import Embedder
-from ragfresh.pipeline import refresh
+from policyfresh.store.config import Settings
+from policyfresh.index.embedding import Embedder
+from policyfresh.quality.pipeline import refresh
 
 class Dying(Embedder):
     def encode(self, texts, batch_size=64, progress=None):
@@ -196,17 +196,17 @@ def test_refresh_killed_mid_embedding_converges_on_the_next(small_settings, embe
 
 
 def _sync_in_process(home: str, policies: str) -> int:
-    from ragfresh.embedding import Embedder
-    from ragfresh.vectors import sync_vectors
+    from policyfresh.index.embedding import Embedder
+    from policyfresh.index.vectors import sync_vectors
 
     settings = Settings.load(home=home, policies=policies)
     return sync_vectors(settings, Embedder()).embedded
 
 
 def test_two_concurrent_refreshes_leave_no_duplicate_rows(small_settings, corpus, embedder):
-    from ragfresh.chunking import Chunker
-    from ragfresh.chunks import refresh_chunks
-    from ragfresh.documents import ingest_documents
+    from policyfresh.index.chunking import Chunker
+    from policyfresh.index.chunks import refresh_chunks
+    from policyfresh.ingest.documents import ingest_documents
 
     def prepare():
         ingest_documents(small_settings, "ingest")
@@ -227,7 +227,7 @@ def test_two_concurrent_refreshes_leave_no_duplicate_rows(small_settings, corpus
 
 
 def test_vector_index_is_built_once_the_table_is_large_enough(tmp_path, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_VECTOR_INDEX_MIN_ROWS", "300")
+    monkeypatch.setenv("POLICYFRESH_VECTOR_INDEX_MIN_ROWS", "300")
     settings = Settings.load(home=tmp_path, policies=tmp_path)
     db = lancedb.connect(settings.vectors_uri)
     rng = np.random.default_rng(0)
@@ -317,9 +317,9 @@ def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
 
 
 def test_chunk_id_is_the_primary_key_and_an_older_table_is_given_it(small_settings, embedder):
-    from ragfresh.chunks import refresh_chunks
-    from ragfresh.documents import ingest_documents
-    from ragfresh.vectors import PRIMARY_KEY, sync_vectors, vectors_dataset
+    from policyfresh.index.chunks import refresh_chunks
+    from policyfresh.ingest.documents import ingest_documents
+    from policyfresh.index.vectors import PRIMARY_KEY, sync_vectors, vectors_dataset
 
     ingest_documents(small_settings, "ingest")
     refresh_chunks(small_settings, Chunker.for_model(embedder), "chunk")
@@ -327,7 +327,7 @@ def test_chunk_id_is_the_primary_key_and_an_older_table_is_given_it(small_settin
     rows = sync_vectors(small_settings, hashed).rows
     assert vectors_dataset(small_settings).schema.field("chunk_id").metadata == PRIMARY_KEY
 
-    old = open_vectors(small_settings).to_arrow()  # as an older ragfresh made it: no key
+    old = open_vectors(small_settings).to_arrow()  # as an older policyfresh made it: no key
     unkeyed = pa.schema([f.remove_metadata().with_nullable(True) for f in old.schema])
     lancedb.connect(small_settings.vectors_uri).create_table(
         VECTORS, data=old.cast(unkeyed), mode="overwrite"

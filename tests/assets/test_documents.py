@@ -6,13 +6,13 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from assets.documents import policy_documents
-from orchestration.resources import RagfreshResource
-from ragfresh.tables import INGEST_ERRORS, POLICY_DOCUMENTS
+from orchestration.resources import PolicyfreshResource
+from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 
 def materialize(settings, instance):
-    resource = RagfreshResource(home=str(settings.home), policies=str(settings.policies))
-    result = dg.materialize([policy_documents], resources={"ragfresh": resource}, instance=instance)
+    resource = PolicyfreshResource(home=str(settings.home), policies=str(settings.policies))
+    result = dg.materialize([policy_documents], resources={"policyfresh": resource}, instance=instance)
     assert result.success
     return {
         m.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in m.metadata.items()}

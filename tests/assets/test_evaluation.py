@@ -6,16 +6,16 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.definitions import defs
-from ragfresh.config import Settings
-from ragfresh.releases import release_status
-from ragfresh.reports import reports_dir
+from policyfresh.store.config import Settings
+from policyfresh.release.releases import release_status
+from policyfresh.quality.reports import reports_dir
 from tests.test_evaluation import write_golden
 
 
 def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_reports(
     small_settings, tmp_path, monkeypatch
 ):
-    monkeypatch.setenv("RAGFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "golden.csv")))
     instance = dg.DagsterInstance.ephemeral()
     job = defs.resolve_job_def("refresh_policies")
     assert job.execute_in_process(instance=instance).success
@@ -23,7 +23,7 @@ def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_report
     pages = sorted((reports_dir(Settings.load()) / "owners").glob("*.html"))
     assert pages and all(f"Release {served} is served" in p.read_text() for p in pages)
 
-    monkeypatch.setenv("RAGFRESH_PII_RULES", "internal=block")
+    monkeypatch.setenv("POLICYFRESH_PII_RULES", "internal=block")
     result = job.execute_in_process(instance=instance, raise_on_error=False)
 
     gate = next(e for e in result.get_asset_check_evaluations() if e.check_name == "release_gate")

@@ -6,17 +6,17 @@ import dagster as dg
 import polars as pl
 
 from assets.freshness import document_freshness, freshness_objective
-from orchestration.resources import RagfreshResource
-from ragfresh import delta_store
-from ragfresh.documents import ingest_documents, read_documents
-from ragfresh.freshness import read_freshness
-from ragfresh.tables import DOCUMENT_FRESHNESS
+from orchestration.resources import PolicyfreshResource
+from policyfresh.store import delta_store
+from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.store.freshness import read_freshness
+from policyfresh.store.tables import DOCUMENT_FRESHNESS
 
 CHECK_ONLY = dg.Definitions(
     assets=[document_freshness],
     asset_checks=[freshness_objective],
     jobs=[dg.define_asset_job("freshness", dg.AssetSelection.checks(freshness_objective))],
-    resources={"ragfresh": RagfreshResource()},
+    resources={"policyfresh": PolicyfreshResource()},
 )
 
 
@@ -44,7 +44,7 @@ def test_a_late_document_fails_the_check_with_its_owner(small_settings, monkeypa
     seen_earlier(small_settings, seconds=400)
     warned = run_check(instance)  # past half of the objective
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
-    monkeypatch.setenv("RAGFRESH_FRESHNESS_SLO", "5m")
+    monkeypatch.setenv("POLICYFRESH_FRESHNESS_SLO", "5m")
     failed = run_check(instance)
     assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
     assert failed.metadata["late"].value == 5

@@ -4,8 +4,8 @@ build of the bundled policies every page describes the release that build publis
 import dagster as dg
 
 from orchestration.definitions import defs
-from ragfresh.releases import release_status
-from ragfresh.reports import reports_dir
+from policyfresh.release.releases import release_status
+from policyfresh.quality.reports import reports_dir
 
 
 def test_after_a_build_every_owner_page_says_the_release_is_served(settings):

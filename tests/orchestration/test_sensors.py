@@ -11,10 +11,10 @@ import lancedb
 import pytest
 
 from orchestration.definitions import defs
-from orchestration.resources import EmbedderResource, RagfreshResource
+from orchestration.resources import EmbedderResource, PolicyfreshResource
 from orchestration.sensors import policy_source_sensor, stale_embeddings_sensor
-from ragfresh.embedding import default_model_path
-from ragfresh.vectors import VECTORS
+from policyfresh.index.embedding import default_model_path
+from policyfresh.index.vectors import VECTORS
 
 LEAVE = "hr/annual-leave.md"
 NO_CHANGE = "no change in 6 files"  # five policies and OWNERS
@@ -23,7 +23,7 @@ ALL_CURRENT = "vectors match the current chunks and model; nothing waits"
 
 @pytest.fixture
 def instance(tmp_path, small_settings, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_SOURCE_QUIET", "0.3s")
+    monkeypatch.setenv("POLICYFRESH_SOURCE_QUIET", "0.3s")
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         yield instance
@@ -35,7 +35,7 @@ class Ticks:
     def __init__(self, sensor, instance, **resources):
         self.sensor, self.instance, self.cursor, self.events = sensor, instance, None, []
         self.skipped: str | None = None
-        self.resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
+        self.resources = {"policyfresh": PolicyfreshResource(), "embedder": EmbedderResource()}
         self.resources |= resources
 
     def tick(self) -> list[dg.RunRequest]:
@@ -89,7 +89,7 @@ def test_source_sensor_requests_one_run_per_change_and_none_for_a_touch(
     settle_mtimes(root)
     source = Ticks(policy_source_sensor, instance)
     (first,) = source.tick()  # a new home: build it
-    assert first.tags["ragfresh/trigger"] == "policy_source_sensor"
+    assert first.tags["policyfresh/trigger"] == "policy_source_sensor"
     assert execute(instance, first, "refresh_policies")["policy_documents"]["added"] == 5
     assert source.skip() == NO_CHANGE
 
@@ -100,14 +100,14 @@ def test_source_sensor_requests_one_run_per_change_and_none_for_a_touch(
     path = root / LEAVE
     path.write_text(path.read_text() + "\n\nStaff may carry over ten days of leave.\n")
     (edit,) = source.tick()
-    assert edit.tags["ragfresh/changes"] == "1 changed" and edit.run_key != first.run_key
+    assert edit.tags["policyfresh/changes"] == "1 changed" and edit.run_key != first.run_key
     done = execute(instance, edit, "refresh_policies")
     assert done["policy_documents"]["changed"] == 1 and done["served_index"]["published"]
     assert source.skip() == NO_CHANGE
 
     (root / "retail" / "overdraft-fees.md").unlink()
     (removal,) = source.tick()
-    assert removal.tags["ragfresh/changes"] == "1 removed"
+    assert removal.tags["policyfresh/changes"] == "1 removed"
     assert execute(instance, removal, "refresh_policies")["policy_documents"]["deleted"] == 1
     assert source.skip() == "no change in 5 files"
 
@@ -123,11 +123,11 @@ def test_the_source_sensor_waits_for_a_run_in_flight(instance, small_settings):
     assert source.skip() == f"policies changed; waiting for run {queued.run_id} to finish"
     instance.report_run_canceled(queued)
     (edit,) = source.tick()
-    assert edit.tags["ragfresh/changes"] == "1 changed"
+    assert edit.tags["policyfresh/changes"] == "1 changed"
 
 
 def test_a_burst_of_saves_requests_one_run(instance, small_settings, monkeypatch):
-    monkeypatch.setenv("RAGFRESH_SOURCE_QUIET", "1s")  # twenty times the editor's pause
+    monkeypatch.setenv("POLICYFRESH_SOURCE_QUIET", "1s")  # twenty times the editor's pause
     root = small_settings.policies
     settle_mtimes(root)
     source = Ticks(policy_source_sensor, instance)
@@ -147,11 +147,11 @@ def test_a_burst_of_saves_requests_one_run(instance, small_settings, monkeypatch
     writer.join(timeout=60)
     assert not writer.is_alive()
     assert source.skip() == "no change in 36 files"
-    assert len(requests) == 1 and requests[0].tags["ragfresh/changes"] == "30 added"
+    assert len(requests) == 1 and requests[0].tags["policyfresh/changes"] == "30 added"
 
 
 def _tree_json(root):
-    from ragfresh.sources import tree_state
+    from policyfresh.ingest.sources import tree_state
 
     return tree_state(root).to_json()
 
@@ -184,8 +184,8 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
     gone = table.search().limit(1).to_list()[0]["chunk_id"]
     table.delete(f"chunk_id = '{gone}'")
     (repair,) = stale.tick()
-    assert repair.tags["ragfresh/trigger"] == "stale_embeddings_sensor"
-    assert "1 missing vectors" in repair.tags["ragfresh/reason"]
+    assert repair.tags["policyfresh/trigger"] == "stale_embeddings_sensor"
+    assert "1 missing vectors" in repair.tags["policyfresh/reason"]
     repaired = execute(instance, repair, "refresh_vectors")
     assert repaired["policy_vectors"]["embedded"] == 1  # its vector went with the row
     assert repaired["served_index"]["published"]
@@ -199,7 +199,7 @@ def test_stale_sensor_fires_on_a_deleted_row_and_a_new_model_only(
         stale_embeddings_sensor, instance, embedder=EmbedderResource(model_path=str(upgraded))
     )
     (upgrade,) = new_model.tick()
-    assert "model mismatch vectors" in upgrade.tags["ragfresh/reason"]
+    assert "model mismatch vectors" in upgrade.tags["policyfresh/reason"]
 
 
 def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
@@ -210,7 +210,7 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
     execute(instance, build, "refresh_policies")
     key = dg.AssetKey("served_index")
     published = instance.get_latest_materialization_event(key)
-    resources = {"ragfresh": RagfreshResource(), "embedder": EmbedderResource()}
+    resources = {"policyfresh": PolicyfreshResource(), "embedder": EmbedderResource()}
 
     def confirmations(cursor):
         context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
@@ -219,7 +219,7 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
 
     _, cursor = confirmations(None)  # its first look reports the freshness check
     assert confirmations(cursor)[0] == []  # just published: nothing to confirm
-    monkeypatch.setenv("RAGFRESH_FRESHNESS_SLO", "0.1s")
+    monkeypatch.setenv("POLICYFRESH_FRESHNESS_SLO", "0.1s")
     time.sleep(max(0.0, published.timestamp + 0.06 - time.time()))  # past half the objective
     (confirmed,), _ = confirmations(cursor)
     assert confirmed.asset_key == key
@@ -230,7 +230,7 @@ def test_stale_sensor_confirms_the_served_index_for_its_freshness_policy(
 def test_the_freshness_check_is_reported_when_a_waiting_document_changes_state(
     instance, small_settings
 ):
-    from ragfresh.documents import ingest_documents
+    from policyfresh.ingest.documents import ingest_documents
     from tests.assets.test_freshness import seen_earlier
 
     stale = Ticks(stale_embeddings_sensor, instance)

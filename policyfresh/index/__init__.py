@@ -1,0 +1,1 @@
+"""Index: chunk documents, hold back failing ones, embed, keep the vector table in step."""

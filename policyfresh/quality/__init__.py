@@ -1,0 +1,1 @@
+"""Quality: golden cases, evaluation, the release gate, table checks, reports and status."""

@@ -1,0 +1,1 @@
+"""Release: publish, roll back and erase versions of the served index."""
