@@ -62,7 +62,8 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: lint browser postgresql $(SS)
-	$(BIN)/dagster definitions validate -w workspace.yaml
+	$(BIN)/dg check defs
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest
 
 dev: install

@@ -7,9 +7,14 @@ from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, PolicyfreshResource
 from policyfresh.index.chunking import Chunker
-from policyfresh.index.chunks import chunking_id, oversized_chunks, refresh_chunks, unchunked_documents
-from policyfresh.ingest.documents import read_documents
+from policyfresh.index.chunks import (
+    chunking_id,
+    oversized_chunks,
+    refresh_chunks,
+    unchunked_documents,
+)
 from policyfresh.index.holds import describe_hold, read_holds
+from policyfresh.ingest.documents import read_documents
 from policyfresh.store.tables import POLICY_CHUNKS
 
 HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "reasons"]

@@ -6,8 +6,9 @@ import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import PolicyfreshResource
+from policyfresh.release.publication import publish
+from policyfresh.release.releases import SERVED, release_status
 from policyfresh.store.config import freshness_slo
-from policyfresh.release.releases import SERVED, publish_candidate, release_status
 from policyfresh.store.tables import RELEASES
 
 OBJECTIVE = timedelta(seconds=freshness_slo())
@@ -31,7 +32,7 @@ def served_index(context: dg.AssetExecutionContext, policyfresh: PolicyfreshReso
     case applies to); record who and why. A blocked candidate is never published: the
     previous release keeps serving and the materialization says why."""
     settings = policyfresh.settings()
-    result = publish_candidate(settings, actor=f"run:{context.run.run_id}")
+    result = publish(settings, actor=f"run:{context.run.run_id}")
     context.log.info("served_index: %s", result.message)
     status = release_status(settings)
     published = status["published"] or {}

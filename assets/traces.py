@@ -6,8 +6,8 @@ import dagster as dg
 
 from assets.metadata import table_asset
 from orchestration.resources import PolicyfreshResource
-from policyfresh.store.tables import RETRIEVAL_TRACES
 from policyfresh.serve.trace_store import prune_traces
+from policyfresh.store.tables import RETRIEVAL_TRACES
 
 DAILY = (
     dg.AutomationCondition.cron_tick_passed("0 3 * * *") & ~dg.AutomationCondition.in_progress()

@@ -4,8 +4,8 @@ import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.store.tables import POLICY_CHUNKS
 from policyfresh.index.vectors import VECTORS, reconcile, sync_vectors
+from policyfresh.store.tables import POLICY_CHUNKS
 
 
 @dg.asset(

@@ -223,9 +223,11 @@ def policyfresh_command() -> list[str]:
 
 
 def pipeline_env(home: Path, policies: Path, golden: Path) -> dict[str, str]:
-    """This process's environment without any POLICYFRESH_* or DAGSTER_HOME, then the benchmark's."""
+    """This process's environment without POLICYFRESH_* or DAGSTER_HOME, then the benchmark's."""
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith("POLICYFRESH_") and k != "DAGSTER_HOME"
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("POLICYFRESH_") and k != "DAGSTER_HOME"
     }
     return env | {
         "POLICYFRESH_HOME": str(home),
@@ -294,7 +296,9 @@ def search(env: dict[str, str], question: str, timeout: float) -> dict[str, Any]
     except subprocess.TimeoutExpired:
         raise BenchmarkError(f"`policyfresh search` still running after {timeout:.0f} s") from None
     if done.returncode != 0:
-        raise BenchmarkError(f"`policyfresh search` exited {done.returncode}: {done.stderr[-2000:]}")
+        raise BenchmarkError(
+            f"`policyfresh search` exited {done.returncode}: {done.stderr[-2000:]}"
+        )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -52,8 +52,8 @@ def settings_for(work: Path) -> Settings:
 def build(work: Path, traces: int) -> dict:
     """Release A, `traces` answers served by it, then the recorded edits published as B."""
     from policyfresh.index.embedding import Embedder
-    from policyfresh.quality.pipeline import refresh
     from policyfresh.index.vectors import open_vectors, read_vector_rows
+    from policyfresh.quality.pipeline import refresh
 
     shutil.copytree(HANDBOOK / "pages", work / "pages")
     for change in changes():

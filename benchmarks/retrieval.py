@@ -25,15 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from policyfresh.serve import search as search_module
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import open_vectors, sync_vectors
+from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.quality.evaluation import EVAL_K, retrieval_checks
 from policyfresh.quality.golden import GoldenCase, load_golden
-from policyfresh.index.vectors import open_vectors, sync_vectors
+from policyfresh.serve import search as search_module
+from policyfresh.store.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 HANDBOOK = REPO.parent / "shared" / "corpora" / "18f-handbook" / "pages"

@@ -52,14 +52,14 @@ import pyarrow as pa
 import serve  # a sibling script: benchmarks/ is on sys.path when this runs as one
 
 from policyfresh.index.chunking import Chunker
-from policyfresh.store.config import Settings
 from policyfresh.index.embedding import Embedder
-from policyfresh.ingest.parsing import parse_document
-from policyfresh.serve.query_encoder import prepared_encoder
-from policyfresh.release.releases import _serve
-from policyfresh.serve.search import QueryEncoder, answer_many
-from policyfresh.store.tables import VECTORS
 from policyfresh.index.vectors import _ensure_indexes, vector_schema
+from policyfresh.ingest.parsing import parse_document
+from policyfresh.release.releases import _serve
+from policyfresh.serve.query_encoder import prepared_encoder
+from policyfresh.serve.search import QueryEncoder, answer_many
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import VECTORS
 
 dev, timed, percentiles = serve.dev, serve.timed, serve.percentiles
 
@@ -415,7 +415,9 @@ def main() -> int:
     if args.texts <= max(args.actors, default=1) * PROBE_TEXTS:
         parser.error(f"--texts must be more than {PROBE_TEXTS} a worker")
     if args.actors and importlib.util.find_spec("policyfresh.index.ray_embedding") is None:
-        parser.error("policyfresh.index.ray_embedding is not there: --actors '' measures without Ray")
+        parser.error(
+            "policyfresh.index.ray_embedding is not there: --actors '' measures without Ray"
+        )
     os.environ.setdefault("LANCE_INCLUDE_VECTOR_CENTROIDS", "false")  # index stats without them
     # A terminated run still removes its work folder (gigabytes at 1M rows) in `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))

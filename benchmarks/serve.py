@@ -42,10 +42,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from policyfresh.store.config import Settings
 from policyfresh.index.embedding import Embedder
 from policyfresh.serve.query_encoder import VERIFIED_FILE, encoder_dir, load_onnx
 from policyfresh.serve.search import QueryEncoder, search_many
+from policyfresh.store.config import Settings
 
 HERE = Path(__file__).resolve().parent
 

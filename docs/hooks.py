@@ -1,10 +1,10 @@
 """MkDocs hooks: the reference pages that are generated from the code, so they cannot drift.
 
-- The command line: one page per command of `policyfresh.cli.commands.build_parser()` (usage, description,
-  every option with its help), added as files on `on_files` and to the nav on `on_config`, and
-  the global options and the command list on `reference/cli/index.md`.
-- The tables: the key and columns of every Delta table of `policyfresh.store.tables` and of the LanceDB
-  table of `policyfresh.index.vectors`, on `reference/tables.md`.
+- The command line: one page per command of `policyfresh.cli.commands.build_parser()` (usage,
+  description, every option with its help), added as files on `on_files` and to the nav on
+  `on_config`, and the global options and the command list on `reference/cli/index.md`.
+- The tables: the key and columns of every Delta table of `policyfresh.store.tables` and of the
+  LanceDB table of `policyfresh.index.vectors`, on `reference/tables.md`.
 - The expectation suites: every `expectations/*.json` in words, on `reference/checks.md`.
 - A page that generates one table or suite must generate them all: one left out is a warning.
 - The configuration page is written by hand; a `POLICYFRESH_` variable that the code reads and the
@@ -20,13 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import textwrap
 from pathlib import Path
 
+import grimp
 import pyarrow as pa
 from mkdocs.plugins import get_plugin_logger
 from mkdocs.structure.files import File
 
 from policyfresh.cli.commands import build_parser
+from policyfresh.layers import LAYERS
 
 log = get_plugin_logger("policyfresh_docs")
 
@@ -296,7 +299,34 @@ def check_configuration(markdown: str) -> None:
 # --- MkDocs events -----------------------------------------------------------------------------
 
 # name -> (the function that writes the section, the names it must cover on its page)
+# --- the import graph --------------------------------------------------------------------------
+
+
+def import_graph() -> str:
+    """The core's layers from the top down as grimp finds them: each layer's modules and the
+    layers it imports. An arrow to a layer above is a fault (`tests/test_architecture.py`)."""
+    graph = grimp.build_graph("policyfresh", include_external_packages=False)
+    lines = ["```text"]
+    for layer in reversed(LAYERS):
+        package = f"policyfresh.{layer}"
+        modules = sorted(m.rsplit(".", 1)[1] for m in graph.find_children(package))
+        below = sorted(
+            {
+                imported.split(".")[1]
+                for m in graph.find_descendants(package)
+                for imported in graph.find_modules_directly_imported_by(m)
+                if imported.split(".")[1] != layer and imported.split(".")[1] in LAYERS
+            },
+            key=LAYERS.index,
+            reverse=True,
+        )
+        lines.append(f"policyfresh/{layer}/  ->  {', '.join(below) or '(nothing)'}")
+        lines += [f"    {line}" for line in textwrap.wrap(", ".join(modules), 90)]
+    return "\n".join([*lines, "```"])
+
+
 GENERATORS = {
+    "graph": (lambda _: import_graph(), None),
     "cli": (lambda _: cli_index(), None),
     "table": (table_reference, _tables),
     "suite": (suite_reference, _suites),

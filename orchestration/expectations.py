@@ -4,8 +4,8 @@ asset that writes its table, so bad data stops before it is chunked, embedded or
 import dagster as dg
 
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.store.suites import SUITES, load_suite, suite_parameters, suite_path
 from policyfresh.quality.table_checks import TableValidation, table_fault, validate_table
+from policyfresh.store.suites import SUITES, load_suite, suite_parameters, suite_path
 from policyfresh.store.tables import EVAL_CASE_RESULTS, TABLES, VECTORS
 
 # Tables written by an asset of another name.

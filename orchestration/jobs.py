@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from policyfresh.store.tables import DOCUMENT_FRESHNESS
 from policyfresh.index.vectors import VECTORS
+from policyfresh.store.tables import DOCUMENT_FRESHNESS
 
 refresh_policies = dg.define_asset_job(
     "refresh_policies",

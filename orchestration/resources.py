@@ -6,8 +6,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from policyfresh.index.embedding import Embedder
+from policyfresh.index.ray_embedding import make_embedder
 from policyfresh.store.config import Settings
-from policyfresh.index.embedding import Embedder, make_embedder
 
 
 class PolicyfreshResource(dg.ConfigurableResource):

@@ -14,14 +14,14 @@ from assets.freshness import FRESHNESS_CHECK, judge_freshness
 from orchestration.automation import INTERVAL_SECONDS
 from orchestration.jobs import refresh_policies, refresh_vectors
 from orchestration.resources import EmbedderResource, PolicyfreshResource
+from policyfresh.index.vectors import open_vectors, reconcile
+from policyfresh.ingest.documents import ingested_tree
+from policyfresh.ingest.sources import TreeState, tree_state, wait_until_quiet
+from policyfresh.release.releases import release_status
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import ingested_tree
 from policyfresh.store.freshness import freshness_summary
-from policyfresh.release.releases import release_status
-from policyfresh.ingest.sources import TreeState, tree_state, wait_until_quiet
 from policyfresh.store.tables import DOCUMENT_FRESHNESS, POLICY_CHUNKS
-from policyfresh.index.vectors import open_vectors, reconcile
 
 SETTLE_TIMEOUT = 30.0  # a sensor tick must answer within Dagster's 60 s
 IN_FLIGHT = [
@@ -74,7 +74,10 @@ def policy_source_sensor(
         run_requests=[
             dg.RunRequest(
                 run_key=f"{settled.fingerprint}-{requests}",
-                tags={"policyfresh/trigger": "policy_source_sensor", "policyfresh/changes": summary},
+                tags={
+                    "policyfresh/trigger": "policy_source_sensor",
+                    "policyfresh/changes": summary,
+                },
             )
         ],
         cursor=json.dumps({"tree": settled.to_json(), "requests": requests}),
@@ -110,7 +113,9 @@ def _key(state: object) -> str:
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def stale_embeddings_sensor(
-    context: dg.SensorEvaluationContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
+    context: dg.SensorEvaluationContext,
+    policyfresh: PolicyfreshResource,
+    embedder: EmbedderResource,
 ) -> dg.SensorResult | dg.SkipReason:
     """Request a vectors refresh (and so an evaluation) when vectors are missing, stale,
     orphaned, duplicated or from another model, or a document waits past the freshness

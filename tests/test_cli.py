@@ -42,7 +42,8 @@ def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProces
         "heavy = lambda: [m for m in ('dagster', 'great_expectations', 'torch', "
         "'sentence_transformers', 'lancedb', 'presidio_analyzer') if sys.modules.get(m)]\n"
         "store.write_traces = lambda *a, **k: (print('ANSWERED', heavy()), write(*a, **k))\n"
-        f"from policyfresh.cli.commands import main; code = main({argv!r}); print('HEAVY', heavy(), code)"
+        "from policyfresh.cli.commands import main\n"
+        f"code = main({argv!r}); print('HEAVY', heavy(), code)"
     )
     return subprocess.run(
         [sys.executable, "-c", probe], env=environment(settings), capture_output=True, text=True,
@@ -80,7 +81,7 @@ def test_run_json_summary_runs_recorded_and_nothing_to_do_loads_nothing_heavy(sm
 
 def test_missing_policies_folder_is_a_clear_error(settings, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "policyfresh.cli.commands", "--policies", str(tmp_path / "none"), "run"],
+        [sys.executable, "-m", "policyfresh.cli", "--policies", str(tmp_path / "none"), "run"],
         env={**os.environ, "POLICYFRESH_HOME": str(settings.home)},
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -118,7 +119,9 @@ def test_search_trace_status_eval_releases_and_rollback_from_the_command_line(
 
     questions = tmp_path / "questions.txt"
     questions.write_text("What is the overdraft item fee?\n\nHow do I dispute a card charge?\n")
-    found = policyfresh(small_settings, "search", "--questions", str(questions), "-k", "2", "--json")
+    found = policyfresh(
+        small_settings, "search", "--questions", str(questions), "-k", "2", "--json"
+    )
     assert found.returncode == 0, found.stderr
     answers = [json.loads(line) for line in found.stdout.splitlines()]
     assert [len(a["hits"]) for a in answers] == [2, 2]

@@ -4,12 +4,7 @@ import polars as pl
 import pytest
 from deltalake import DeltaTable
 
-from policyfresh.store import delta_store
-
-from policyfresh.ingest import documents
-
-from policyfresh.ingest import pii
-from policyfresh.store.config import Settings
+from policyfresh.ingest import documents, pii
 from policyfresh.ingest.documents import (
     EmptyPoliciesError,
     MassRemovalError,
@@ -21,6 +16,8 @@ from policyfresh.ingest.pii import PiiDetectorError
 from policyfresh.quality.pipeline import refresh
 from policyfresh.quality.reports import build_reports
 from policyfresh.serve.search import search
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS, TABLES
 from tests.conftest import SMALL, keep_only
 

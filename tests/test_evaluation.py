@@ -6,14 +6,14 @@ import polars as pl
 import pytest
 
 from policyfresh.index import vectors
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import open_vectors, sync_vectors
 from policyfresh.quality.evaluation import evaluate, read_case_results
 from policyfresh.quality.golden import COLUMNS
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import read_audit, read_releases, release_status, rollback
 from policyfresh.serve.search import search
+from policyfresh.store.config import Settings
 from policyfresh.store.tables import EVAL_RUNS, RETRIEVAL_TRACES
-from policyfresh.index.vectors import open_vectors, sync_vectors
 from tests.conftest import HashEmbedder
 
 # Cases over the five documents of `small_settings`, written for these tests.
@@ -107,7 +107,9 @@ def test_a_policy_edit_is_published_and_its_case_flagged_for_review(gated, embed
 
 def test_a_change_that_breaks_unaffected_cases_is_not_published(gated, embedder, monkeypatch):
     first = refresh(gated, embedder, "build")["release"]["release"]
-    monkeypatch.setenv("POLICYFRESH_PII_RULES", "internal=block")  # blocks the chunk with a card PAN
+    monkeypatch.setenv(
+        "POLICYFRESH_PII_RULES", "internal=block"
+    )  # blocks the chunk with a card PAN
     blocking = Settings.load()
 
     result = refresh(blocking, embedder, "block")

@@ -7,8 +7,12 @@ import pytest
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import read_chunks, refresh_chunks
-from policyfresh.store.config import Settings
 from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.quality.pipeline import refresh
+from policyfresh.quality.table_checks import table_rows, validate_table
+from policyfresh.serve.impact import record_impact
+from policyfresh.serve.search import search_many
+from policyfresh.store.config import Settings
 from policyfresh.store.suites import (
     MAX_FAILED_ROWS,
     ROW_KEYS,
@@ -20,10 +24,6 @@ from policyfresh.store.suites import (
     suite_path,
     validate,
 )
-from policyfresh.serve.impact import record_impact
-from policyfresh.quality.pipeline import refresh
-from policyfresh.serve.search import search_many
-from policyfresh.quality.table_checks import table_rows, validate_table
 from policyfresh.store.tables import POLICY_DOCUMENTS, TABLES, VECTORS
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
 from tests.offline import open_offline, row_text

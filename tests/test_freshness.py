@@ -7,12 +7,17 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from policyfresh.ingest import documents
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
+from policyfresh.ingest import documents
 from policyfresh.ingest.documents import ingest_documents, read_documents
-from policyfresh.store.freshness import document_lag, freshness_summary, read_freshness, record_embedded
 from policyfresh.quality.pipeline import refresh
+from policyfresh.store.freshness import (
+    document_lag,
+    freshness_summary,
+    read_freshness,
+    record_embedded,
+)
 from tests.conftest import HashEmbedder
 
 LEAVE = "hr/annual-leave.md"

@@ -8,11 +8,11 @@ import polars as pl
 import pytest
 
 from policyfresh.index.chunks import read_chunks
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import open_vectors, read_vector_rows, reconcile
 from policyfresh.quality.evaluation import read_case_results
 from policyfresh.quality.pipeline import refresh
 from policyfresh.serve.search import search_many
-from policyfresh.index.vectors import open_vectors, read_vector_rows, reconcile
+from policyfresh.store.config import Settings
 from tests.conftest import HANDBOOK, HANDBOOK_GOLDEN
 
 pytestmark = pytest.mark.xdist_group("handbook-edits")  # its module fixture builds a home

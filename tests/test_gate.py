@@ -2,8 +2,8 @@
 
 import polars as pl
 
-from policyfresh.store.config import Gate
 from policyfresh.quality.gate import compare, decide, metric_deltas, run_metrics
+from policyfresh.store.config import Gate
 from policyfresh.store.tables import EVAL_CASE_RESULTS, empty_frame
 
 

@@ -1,6 +1,11 @@
 import pytest
 
-from policyfresh.ingest.governance import Governance, load_owner_rules, parse_owner_rules, resolve_governance
+from policyfresh.ingest.governance import (
+    Governance,
+    load_owner_rules,
+    parse_owner_rules,
+    resolve_governance,
+)
 from policyfresh.ingest.parsing import ParseError
 from tests.conftest import BUNDLED
 

@@ -9,12 +9,12 @@ from deltalake import DeltaTable
 from policyfresh.index import chunks
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.ingest.documents import ingest_documents
 from policyfresh.index.holds import read_holds
+from policyfresh.index.vectors import vectors_dataset
+from policyfresh.ingest.documents import ingest_documents
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import served_release
 from policyfresh.store.tables import HELD_DOCUMENTS
-from policyfresh.index.vectors import vectors_dataset
 
 PII = "maria.okafor@example.com"
 LEAVE, FEES = "hr/annual-leave.md", "retail/overdraft-fees.md"

@@ -22,10 +22,14 @@ import pytest
 from assets.impact import answer_impact
 from orchestration.expectations import expectation_check
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.serve.api_keys import ApiKeys, key_id
 from policyfresh.cli.commands import main
-from policyfresh.store.config import CLASSIFICATIONS, Gate, Settings
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import open_vectors, read_vector_rows, vectors_dataset
+from policyfresh.quality.pipeline import refresh
+from policyfresh.quality.reports import build_reports
+from policyfresh.release.purge import ERASED, purge_document
+from policyfresh.release.releases import rollback, served_release
+from policyfresh.serve.api_keys import ApiKeys, key_id
 from policyfresh.serve.impact import (
     Impact,
     Publication,
@@ -38,15 +42,11 @@ from policyfresh.serve.impact import (
     write_impact,
 )
 from policyfresh.serve.impact_notice import ATTEMPTS
-from policyfresh.quality.pipeline import refresh
-from policyfresh.release.purge import ERASED, purge_document
-from policyfresh.release.releases import rollback, served_release
-from policyfresh.quality.reports import build_reports, reports_dir
 from policyfresh.serve.search import SearchResult, search_many
 from policyfresh.serve.service import create_app
-from policyfresh.store.tables import ANSWER_IMPACT
 from policyfresh.serve.trace_store import prune_traces, read_traces
-from policyfresh.index.vectors import open_vectors, read_vector_rows, vectors_dataset
+from policyfresh.store.config import CLASSIFICATIONS, Gate, Settings
+from policyfresh.store.tables import ANSWER_IMPACT
 from tests.conftest import HANDBOOK, HANDBOOK_GOLDEN
 from tests.test_service import bearer, running
 
@@ -477,7 +477,9 @@ def webhook(copied: Settings) -> Iterator[Webhook]:
 
 def _materialize(settings: Settings) -> dict:
     resources = {
-        "policyfresh": PolicyfreshResource(home=str(settings.home), policies=str(settings.policies)),
+        "policyfresh": PolicyfreshResource(
+            home=str(settings.home), policies=str(settings.policies)
+        ),
         "embedder": EmbedderResource(),
     }
     result = dg.materialize([answer_impact, expectation_check(ANSWER_IMPACT.name)],
@@ -567,7 +569,7 @@ def test_each_key_sees_only_its_own_affected_answers(story, copied, embedder, mo
 def test_the_owner_report_shows_answers_given_from_text_since_changed(story, copied, embedder):
     record_impact(copied, run_id="t")
     build_reports(copied, embedder.model_id)
-    pages = reports_dir(copied) / "owners"
+    pages = copied.reports_dir / "owners"
     leave, handbook = (
         (pages / "team-leave.html").read_text(),
         (pages / "team-handbook.html").read_text(),

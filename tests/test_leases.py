@@ -11,9 +11,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from policyfresh.store import delta_store
-
-from policyfresh.store import leases
+from policyfresh.store import delta_store, leases
 from policyfresh.store.config import Settings
 from policyfresh.store.tables import WRITER_LEASES, empty_frame
 

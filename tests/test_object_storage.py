@@ -18,17 +18,17 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from policyfresh.store import delta_store
 from policyfresh.index.chunks import read_chunks
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import open_vectors, reconcile
 from policyfresh.ingest.documents import read_documents
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.purge import purge_document
 from policyfresh.release.releases import read_audit, read_releases, rollback
 from policyfresh.serve.search import search
-from policyfresh.store.tables import EVAL_RUNS, WRITER_LEASES
 from policyfresh.serve.trace_store import read_traces
-from policyfresh.index.vectors import open_vectors, reconcile
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import EVAL_RUNS, WRITER_LEASES
 from tests.s3 import S3Server, s3_server
 from tests.test_cli import environment, policyfresh
 

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policyfresh.ingest import pii
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.embedding import Embedder
+from policyfresh.ingest import pii
 from policyfresh.ingest.parsing import parse_document
 from policyfresh.ingest.pii import (
     PiiDetectorError,

@@ -11,12 +11,12 @@ import pytest
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import read_chunks, refresh_chunks
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import open_vectors, reconcile, vectors_dataset
 from policyfresh.ingest.documents import ingest_documents, read_documents
-from policyfresh.store.freshness import document_lag
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import read_audit, read_releases, served_release
-from policyfresh.index.vectors import open_vectors, reconcile, vectors_dataset
+from policyfresh.store.config import Settings
+from policyfresh.store.freshness import document_lag
 from tests.conftest import REPO, HashEmbedder
 
 ZERO = {"missing": 0, "stale": 0, "orphaned": 0, "duplicates": 0, "model_mismatch": 0}
@@ -45,11 +45,15 @@ refresh(Settings.load(), HashEmbedder(), "killed")
 # child's work starts at the vectors, and it does not import Presidio), "unbuilt" (the edit
 # ingested and chunked, no vector table yet).
 KILLS = [
-    pytest.param("policyfresh.ingest.documents:_record_errors", "edited", id="after-documents-commit"),
+    pytest.param(
+        "policyfresh.ingest.documents:_record_errors", "edited", id="after-documents-commit"
+    ),
     pytest.param("lancedb.table:LanceTable.merge_insert", "chunked", id="vectors-delete-merge"),
     pytest.param("policyfresh.index.vectors:_ensure_indexes", "unbuilt", id="vectors-write-index"),
-    pytest.param("policyfresh.quality.evaluation:record_candidate", "chunked", id="eval-run-candidate"),
-    pytest.param("policyfresh.quality.pipeline:publish_candidate", "chunked", id="vectors-publication"),
+    pytest.param(
+        "policyfresh.quality.evaluation:record_candidate", "chunked", id="eval-run-candidate"
+    ),
+    pytest.param("policyfresh.quality.pipeline:publish", "chunked", id="vectors-publication"),
     pytest.param("policyfresh.release.releases:_audit", "chunked", id="served-tag-audit"),
 ]
 

@@ -5,15 +5,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from policyfresh.store import delta_store
+from policyfresh.index.vectors import reconcile
 from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.purge import ERASED, PurgeError, purge_document
 from policyfresh.release.releases import ReleaseError, read_audit, rollback
 from policyfresh.serve.search import search
-from policyfresh.store.tables import EVAL_CASE_RESULTS, PURGE_AUDIT
 from policyfresh.serve.trace_store import read_traces
-from policyfresh.index.vectors import reconcile
+from policyfresh.store import delta_store
+from policyfresh.store.tables import EVAL_CASE_RESULTS, PURGE_AUDIT
 
 DISPUTES = "retail/card-disputes.md"
 SECRET = "Zebra clause QX4471 sets the chargeback holdback at seventeen percent"

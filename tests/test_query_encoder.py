@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from policyfresh.serve import query_encoder
 from policyfresh.quality.golden import load_golden
+from policyfresh.serve import query_encoder
 from policyfresh.serve.query_encoder import (
     MIN_COSINE,
     ExportError,
@@ -59,8 +59,9 @@ def test_an_export_that_differs_from_torch_is_never_trusted(own_cache, embedder,
 def test_encoding_with_the_export_imports_no_torch(settings, embedder):
     export_onnx(settings, embedder)
     probe = (
-        "import sys; from policyfresh.store.config import Settings; from policyfresh.index.embedding import "
-        "Embedder; from policyfresh.serve.query_encoder import load_onnx; "
+        "import sys; from policyfresh.store.config import Settings; "
+        "from policyfresh.index.embedding import Embedder; "
+        "from policyfresh.serve.query_encoder import load_onnx; "
         "print(load_onnx(Settings.load(), Embedder()).encode(['a question']).shape, "
         "'torch' in sys.modules)"
     )

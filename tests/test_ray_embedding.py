@@ -15,10 +15,10 @@ import pytest
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.ingest.documents import ingest_documents
-from policyfresh.store.errors import ConfigError
 from policyfresh.index.ray_embedding import LOCAL, EncodeBatch, RayEmbedder, connect
 from policyfresh.index.vectors import reconcile, sync_vectors
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.store.errors import ConfigError
 from tests.conftest import BUNDLED, REPO
 
 pytestmark = pytest.mark.xdist_group("ray")
@@ -174,14 +174,17 @@ def test_without_the_address_ray_is_never_imported():
     assert refresh_path() == "Embedder False"
     assert refresh_path(POLICYFRESH_RAY_ADDRESS=LOCAL) == "RayEmbedder False"  # connects on encode
     missing = refresh_path(block_ray=True, POLICYFRESH_RAY_ADDRESS=LOCAL)
-    assert missing == "ConfigError POLICYFRESH_RAY_ADDRESS='local' needs Ray: install policyfresh[ray]"
+    assert (
+        missing == "ConfigError POLICYFRESH_RAY_ADDRESS='local' needs Ray: install policyfresh[ray]"
+    )
 
 
 def test_an_unreachable_address_is_a_clear_error():
     with socket.socket() as closed:  # bound, never listening: held, and every connection refused
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-        code = f"from policyfresh.index.ray_embedding import RayEmbedder; RayEmbedder('127.0.0.1:{port}')"
+        code = "from policyfresh.index.ray_embedding import RayEmbedder; "
+        code += f"RayEmbedder('127.0.0.1:{port}')"
         done = subprocess.run(
             [sys.executable, "-c", f"{code}.encode(['a', 'b'])"],
             cwd=REPO, capture_output=True, text=True, timeout=300,

@@ -13,15 +13,15 @@ import pytest
 
 from assets.reports import quality_reports
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.store import delta_store
 from policyfresh.cli.commands import main
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import open_vectors, vector_gaps
 from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.quality.pipeline import refresh
+from policyfresh.quality.reports import ACTIONS, UNOWNED, build_reports, owner_slugs
 from policyfresh.release.releases import release_status
-from policyfresh.quality.reports import ACTIONS, UNOWNED, build_reports, owner_slugs, reports_dir
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
 from policyfresh.store.tables import HELD_DOCUMENTS, POLICY_DOCUMENTS, empty_frame
-from policyfresh.index.vectors import open_vectors, vector_gaps
 from tests.conftest import BUNDLED, ENVIRONMENT, SMALL, keep_only
 from tests.offline import open_offline, row_text
 from tests.test_evaluation import GOLDEN, write_golden
@@ -199,7 +199,7 @@ def test_the_unowned_page_lists_documents_without_owners(built, embedder):
     reports = build_reports(built, embedder.model_id)
     unowned = reports.owners[-1]
     assert (unowned.owner, unowned.slug, unowned.documents) == (UNOWNED, "unowned", 1)
-    assert unowned.path == reports_dir(built) / "owners" / "unowned.html"
+    assert unowned.path == built.reports_dir / "owners" / "unowned.html"
     assert UNOWNED_DOC in unowned.path.read_text()
     assert 'href="owners/unowned.html"' in reports.index.read_text()
 
@@ -233,7 +233,7 @@ def test_missing_vectors_are_named_per_document(built, embedder, tmp_path):
 def test_the_report_command(built, capsys):
     assert main(["report", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["index"] == str(reports_dir(built) / "index.html")
+    assert printed["index"] == str(built.reports_dir / "index.html")
     held = [o["owner"] for o in printed["owners"] if o["needs_action"]["held"]]
     assert held == sorted(owners_of(built)[HELD])
     assert all(Path(o["path"]).is_file() for o in printed["owners"])
@@ -261,7 +261,7 @@ def test_the_quality_reports_asset_names_every_page(built):
     (event,) = result.get_asset_materialization_events()
     metadata = event.materialization.metadata
     paths = {k: v.value for k, v in metadata.items() if isinstance(v, dg.PathMetadataValue)}
-    assert paths["index"] == str(reports_dir(built) / "index.html")
+    assert paths["index"] == str(built.reports_dir / "index.html")
     assert "report/team-compliance" in paths and "report/unowned" in paths
     assert all(Path(p).is_file() for p in paths.values())
     table = metadata["owners"].value

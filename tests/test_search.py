@@ -4,14 +4,14 @@ from deltalake import DeltaTable
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.store.config import CLASSIFICATIONS, Settings
+from policyfresh.index.vectors import open_vectors, sync_vectors
 from policyfresh.ingest.documents import ingest_documents
-from policyfresh.store.errors import PolicyfreshError
 from policyfresh.quality.pipeline import refresh
 from policyfresh.serve.search import IndexNotBuiltError, ModelMismatchError, search, search_many
-from policyfresh.store.tables import RETRIEVAL_TRACES
 from policyfresh.serve.traces import TraceNotFoundError, explain_trace
-from policyfresh.index.vectors import open_vectors, sync_vectors
+from policyfresh.store.config import CLASSIFICATIONS, Settings
+from policyfresh.store.errors import PolicyfreshError
+from policyfresh.store.tables import RETRIEVAL_TRACES
 from tests.conftest import HashEmbedder
 
 

@@ -13,12 +13,12 @@ import polars as pl
 import pytest
 import uvicorn
 
-from policyfresh.serve.api_keys import ApiKeys, key_id
-from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.quality.pipeline import refresh
+from policyfresh.serve.api_keys import ApiKeys, key_id
 from policyfresh.serve.query_encoder import OnnxEncoder, query_encoder
 from policyfresh.serve.search import search
 from policyfresh.serve.service import create_app
+from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.tables import RETRIEVAL_TRACES
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, SMALL, keep_only
 

@@ -5,7 +5,6 @@ import time
 
 import pytest
 
-from policyfresh.store.errors import PoliciesNotFoundError
 from policyfresh.ingest.sources import (
     LEAVES_ROOT,
     LINKED_FOLDER,
@@ -14,6 +13,7 @@ from policyfresh.ingest.sources import (
     tree_state,
     wait_until_quiet,
 )
+from policyfresh.store.errors import PoliciesNotFoundError
 
 
 def test_scan_hashes_files_and_skips_hidden_and_owners(tmp_path):

@@ -12,11 +12,11 @@ from deltalake import write_deltalake
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.ingest.documents import ingest_documents
-from policyfresh.store.suites import data_docs_dir, load_suite, suite_parameters, suite_path
-from policyfresh.quality.table_checks import table_fault, validate_table
-from policyfresh.store.tables import POLICY_DOCUMENTS, VECTORS
 from policyfresh.index.vectors import sync_vectors
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.quality.table_checks import table_fault, validate_table
+from policyfresh.store.suites import data_docs_dir, load_suite, suite_parameters, suite_path
+from policyfresh.store.tables import POLICY_DOCUMENTS, VECTORS
 
 PII = "maria.okafor@example.com"
 

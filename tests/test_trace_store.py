@@ -6,9 +6,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from policyfresh.serve.trace_store import prune_traces, read_traces, trace_secret, write_traces
 from policyfresh.store.config import Settings
 from policyfresh.store.tables import RETRIEVAL_TRACES
-from policyfresh.serve.trace_store import prune_traces, read_traces, trace_secret, write_traces
 
 EMAIL = "maria.okafor@example.com"
 QUESTION = f"Can {EMAIL} still waive the overdraft fee?"

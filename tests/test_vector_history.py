@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import vectors_dataset
 from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import read_audit
+from policyfresh.store.config import Settings
 from policyfresh.store.tables import POLICY_CHUNKS
-from policyfresh.index.vectors import vectors_dataset
 
 FEES = "retail/overdraft-fees.md"
 EMAIL = "quentin.zappa@example.org"

@@ -16,12 +16,18 @@ from deltalake import DeltaTable
 from policyfresh.index import vectors
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import read_chunks
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import read_documents
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import (
+    VECTORS,
+    _ensure_indexes,
+    open_vectors,
+    read_vector_rows,
+    reconcile,
+)
+from policyfresh.ingest.documents import read_documents
 from policyfresh.quality.pipeline import refresh
+from policyfresh.store.config import Settings
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_CHUNKS, POLICY_DOCUMENTS
-from policyfresh.index.vectors import VECTORS, _ensure_indexes, open_vectors, read_vector_rows, reconcile
 from tests.conftest import REPO, HashEmbedder
 
 PLANTED = [
@@ -318,8 +324,8 @@ def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
 
 def test_chunk_id_is_the_primary_key_and_an_older_table_is_given_it(small_settings, embedder):
     from policyfresh.index.chunks import refresh_chunks
-    from policyfresh.ingest.documents import ingest_documents
     from policyfresh.index.vectors import PRIMARY_KEY, sync_vectors, vectors_dataset
+    from policyfresh.ingest.documents import ingest_documents
 
     ingest_documents(small_settings, "ingest")
     refresh_chunks(small_settings, Chunker.for_model(embedder), "chunk")

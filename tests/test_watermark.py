@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import lancedb
 
-from policyfresh.quality.pipeline import refresh
 from policyfresh.index.vectors import VECTORS
 from policyfresh.index.watermark import record_refresh, unchanged_since_refresh
+from policyfresh.quality.pipeline import refresh
 from tests.conftest import BUNDLED_GOLDEN, HashEmbedder
 
 MODEL = HashEmbedder().model_id

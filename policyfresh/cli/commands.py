@@ -18,12 +18,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policyfresh.store.config import Settings
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.holds import describe_hold, held_summary
+from policyfresh.quality.golden import load_golden
+from policyfresh.store.config import Settings
 from policyfresh.store.errors import ConfigError, PoliciesNotFoundError, PolicyfreshError
 from policyfresh.store.freshness import freshness_summary
-from policyfresh.quality.golden import load_golden
-from policyfresh.index.holds import describe_hold, held_summary
 from policyfresh.store.locks import lock_location
 
 if TYPE_CHECKING:
@@ -286,8 +286,8 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _purge(settings: Settings, args: argparse.Namespace) -> int:
-    from policyfresh.release.purge import purge_document
     from policyfresh.quality.reports import build_reports
+    from policyfresh.release.purge import purge_document
 
     result = purge_document(settings, args.doc_id, reason=args.reason, requested_by=args.actor)
     reports = build_reports(settings, Embedder().model_id)
@@ -455,8 +455,8 @@ def _print_affected(answer: AffectedAnswer, hits: list[AffectedHit], again: Reas
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    from policyfresh.release.releases import release_status
     from policyfresh.quality.status import index_status
+    from policyfresh.release.releases import release_status
 
     status = index_status(settings, Embedder()) | release_status(settings)
     freshness = freshness_summary(settings)
@@ -549,8 +549,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     keys = load_api_keys(settings)
     app = create_app(settings, Embedder(), keys)
-    print(f"policyfresh search service for {settings.vectors_uri}: {len(keys.grants)} API keys from "
-          f"{keys.source}; schema at http://{args.host}:{args.port}/openapi.json",
+    print(f"policyfresh search service for {settings.vectors_uri}: {len(keys.grants)} API keys "
+          f"from {keys.source}; schema at http://{args.host}:{args.port}/openapi.json",
           file=sys.stderr)  # fmt: skip
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
@@ -678,7 +678,3 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyfreshError as exc:
         print(f"policyfresh: error: {exc}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,10 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from policyfresh.store import delta_store
 from policyfresh.index.chunking import Chunker
-from policyfresh.store.config import CLASSIFICATIONS, Settings
-from policyfresh.ingest.documents import read_documents
 from policyfresh.index.holds import (
     VERSION,
     attempt_id,
@@ -21,9 +18,12 @@ from policyfresh.index.holds import (
     standing_holds,
     write_holds,
 )
-from policyfresh.store.locks import writer_lock
+from policyfresh.ingest.documents import read_documents
 from policyfresh.ingest.pii import PiiDetectorError, PiiSpan
 from policyfresh.ingest.pii_allow import AllowList, load_allow_list
+from policyfresh.store import delta_store
+from policyfresh.store.config import CLASSIFICATIONS, Settings
+from policyfresh.store.locks import writer_lock
 from policyfresh.store.sql import in_list
 from policyfresh.store.tables import POLICY_CHUNKS, empty_frame
 

@@ -119,15 +119,3 @@ class Embedder:
             if progress:
                 progress(start + len(block), len(texts))
         return out
-
-
-def make_embedder(path: Path | None = None) -> Embedder:
-    """The embedder refreshes encode with: a `RayEmbedder` on the cluster at
-    `POLICYFRESH_RAY_ADDRESS` (`local`: a single node on 127.0.0.1) when it is set, else the model
-    in this process, and Ray is never imported."""
-    address = os.environ.get("POLICYFRESH_RAY_ADDRESS")
-    if not address:
-        return Embedder(path)
-    from policyfresh.index.ray_embedding import RayEmbedder
-
-    return RayEmbedder(address, path=path)

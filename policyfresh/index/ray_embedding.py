@@ -101,7 +101,9 @@ class RayEmbedder(Embedder):
 
     def __init__(self, address: str, actors: int | None = None, path: Path | None = None) -> None:
         if importlib.util.find_spec("ray") is None:
-            raise ConfigError(f"POLICYFRESH_RAY_ADDRESS={address!r} needs Ray: install policyfresh[ray]")
+            raise ConfigError(
+                f"POLICYFRESH_RAY_ADDRESS={address!r} needs Ray: install policyfresh[ray]"
+            )
         super().__init__(path)
         self.address = address
         self.actors = actors or _actors_setting()
@@ -147,3 +149,13 @@ class RayEmbedder(Embedder):
             if progress:
                 progress(done, len(texts))
         return out
+
+
+def make_embedder(path: Path | None = None) -> Embedder:
+    """The embedder refreshes encode with: a `RayEmbedder` on the cluster at
+    `POLICYFRESH_RAY_ADDRESS` (`local`: a single node on 127.0.0.1) when it is set, else the model
+    in this process, and Ray is never imported."""
+    address = os.environ.get("POLICYFRESH_RAY_ADDRESS")
+    if not address:
+        return Embedder(path)
+    return RayEmbedder(address, path=path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,8 +17,8 @@ import polars as pl
 import pyarrow as pa
 
 from policyfresh.index.chunks import read_chunks
-from policyfresh.store.config import Settings
 from policyfresh.index.embedding import Embedder
+from policyfresh.store.config import Settings
 from policyfresh.store.freshness import record_embedded
 from policyfresh.store.locks import writer_lock
 from policyfresh.store.sql import in_list, literal
@@ -162,15 +162,10 @@ def _reusable_vectors(table, model_id: str, shas: list[str]) -> dict[str, Embedd
 
 
 def sync_vectors(settings: Settings, embedder: Embedder) -> SyncResult:
-    """Bring the vector table in line with current chunks, under the single-writer lock; then
-    forget older versions if they hold text a tightened PII rule now redacts."""
-    from policyfresh.release.vector_history import forget_raw_pii  # it publishes: releases import this
-
+    """Bring the vector table in line with current chunks, under the single-writer lock."""
     with writer_lock(settings, VECTORS):
         result = _sync(settings, embedder)
         record_embedded(settings, run_id=f"vectors:{result.table_version}")
-        if forget_raw_pii(settings, actor=f"vectors:{result.table_version}"):
-            return replace(result, table_version=open_vectors(settings).version)
         return result
 
 

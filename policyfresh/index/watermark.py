@@ -9,16 +9,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from policyfresh.store import delta_store
 from policyfresh.index.chunking import CHUNKER_VERSION
-from policyfresh.store.config import Settings
+from policyfresh.index.vectors import vectors_dataset
 from policyfresh.ingest.documents import ingested_tree
-from policyfresh.store.local_state import read_state, write_state
 from policyfresh.ingest.pii import detector_id
 from policyfresh.ingest.pii_allow import load_allow_list
 from policyfresh.ingest.sources import tree_state
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
+from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.tables import TABLES
-from policyfresh.index.vectors import vectors_dataset
 
 LAST_REFRESH = "last_refresh"
 # Tables a refresh writes; traces are written by searches and do not count.

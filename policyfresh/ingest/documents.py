@@ -11,17 +11,28 @@ from typing import Any
 
 import polars as pl
 
+from policyfresh.ingest.governance import (
+    Governance,
+    OwnerRule,
+    load_owner_rules,
+    resolve_governance,
+)
+from policyfresh.ingest.parsing import ParseError, ParseFailure, parse_document, read_front_matter
+from policyfresh.ingest.pii import PiiDetectorError, PiiSpan, detect_pii, detector_id
+from policyfresh.ingest.pii_allow import AllowList, load_allow_list
+from policyfresh.ingest.sources import (
+    OWNERS_FILE,
+    SourceFile,
+    TreeState,
+    scan_sources,
+    sha256_bytes,
+)
 from policyfresh.store import delta_store
 from policyfresh.store.config import PII_ALLOW_FILE, Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.freshness import record_seen
-from policyfresh.ingest.governance import Governance, OwnerRule, load_owner_rules, resolve_governance
 from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.locks import writer_lock
-from policyfresh.ingest.parsing import ParseError, ParseFailure, parse_document, read_front_matter
-from policyfresh.ingest.pii import PiiDetectorError, PiiSpan, detect_pii, detector_id
-from policyfresh.ingest.pii_allow import AllowList, load_allow_list
-from policyfresh.ingest.sources import OWNERS_FILE, SourceFile, TreeState, scan_sources, sha256_bytes
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
 log = logging.getLogger(__name__)

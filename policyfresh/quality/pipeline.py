@@ -9,12 +9,12 @@ from typing import Any, TypeVar
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import ingest_documents
 from policyfresh.index.embedding import Embedder
-from policyfresh.quality.evaluation import evaluate
-from policyfresh.release.releases import publish_candidate
 from policyfresh.index.vectors import sync_vectors
+from policyfresh.ingest.documents import ingest_documents
+from policyfresh.quality.evaluation import evaluate
+from policyfresh.release.publication import publish
+from policyfresh.store.config import Settings
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ def refresh(settings: Settings, embedder: Embedder, run_id: str) -> dict[str, An
     chunks = stage("chunks", lambda: refresh_chunks(settings, chunker, run_id))
     vectors = stage("vectors", lambda: sync_vectors(settings, embedder))
     evaluation = stage("eval", lambda: evaluate(settings, embedder, run_id))
-    release = stage("release", lambda: publish_candidate(settings, actor=f"run:{run_id}"))
+    release = stage("release", lambda: publish(settings, actor=f"run:{run_id}"))
     return {
         "documents": documents.counts(),
         "chunks": asdict(chunks),

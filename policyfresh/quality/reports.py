@@ -18,13 +18,14 @@ from typing import Any
 
 import polars as pl
 
+from policyfresh.index.holds import read_holds
+from policyfresh.index.vectors import vector_gaps
+from policyfresh.ingest.pii_allow import load_allow_list
+from policyfresh.release.releases import read_audit, release_status
 from policyfresh.store import delta_store
 from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.freshness import document_lag, read_freshness
-from policyfresh.index.holds import read_holds
-from policyfresh.ingest.pii_allow import load_allow_list
-from policyfresh.release.releases import read_audit, release_status
 from policyfresh.store.tables import (
     ANSWER_IMPACT,
     EVAL_CASE_RESULTS,
@@ -33,7 +34,6 @@ from policyfresh.store.tables import (
     POLICY_DOCUMENTS,
     TABLES,
 )
-from policyfresh.index.vectors import vector_gaps
 
 UNOWNED = "(unowned)"  # the page of documents without an owner
 UNOWNED_SLUG = "unowned"
@@ -114,11 +114,6 @@ class ReportSet:
             "generated_at": self.generated_at.isoformat(timespec="seconds"),
             "owners": [o.to_dict() for o in self.owners],
         }
-
-
-def reports_dir(settings: Settings) -> Path:
-    """Where the reports are written: `<home>/reports`."""
-    return settings.home / "reports"
 
 
 def owner_slug(owner: str) -> str:
@@ -544,7 +539,7 @@ def build_reports(
             known = ", ".join(chosen)
             raise UnknownOwnerError(f"unknown owner {owner!r}: known owners are {known}")
         chosen = [by_name[owner]]
-    directory = reports_dir(settings)
+    directory = settings.reports_dir
     data_docs = directory / "data_docs" / "index.html"
     data_docs = data_docs if data_docs.is_file() else None
     env = _environment()

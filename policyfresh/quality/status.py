@@ -6,12 +6,11 @@ from typing import Any
 
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import chunking_id, oversized_chunks, read_chunks, unchunked_documents
-from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import read_documents
 from policyfresh.index.embedding import Embedder
-from policyfresh.store.locks import lock_location
-from policyfresh.quality.reports import reports_dir
 from policyfresh.index.vectors import open_vectors, reconcile
+from policyfresh.ingest.documents import read_documents
+from policyfresh.store.config import Settings
+from policyfresh.store.locks import lock_location
 
 
 def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
@@ -26,7 +25,7 @@ def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
         "lake": settings.lake_uri,
         "vectors_uri": settings.vectors_uri,
         "locks": lock_location(settings),
-        "reports": str(reports_dir(settings)),
+        "reports": str(settings.reports_dir),
         "documents": documents.height,
         "chunks": chunks.height,
         "blocked_chunks": int((chunks["pii_action"] == "blocked").sum()),

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from policyfresh.index.vectors import vectors_dataset
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
+from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.suites import (
     HOLDS_DOCUMENTS,
     RESULT_FORMAT,
@@ -20,9 +22,7 @@ from policyfresh.store.suites import (
     suite_sha256,
     validate,
 )
-from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.tables import TABLES, VECTORS
-from policyfresh.index.vectors import vectors_dataset
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 
 import polars as pl
 
+from policyfresh.index.vectors import vectors_dataset
+from policyfresh.ingest.sources import sha256_bytes
+from policyfresh.release.vector_history import forget_vector_history
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.locks import writer_lock
-from policyfresh.quality.reports import reports_dir
-from policyfresh.ingest.sources import sha256_bytes
 from policyfresh.store.sql import literal
 from policyfresh.store.tables import (
     ANSWER_IMPACT,
@@ -34,8 +35,6 @@ from policyfresh.store.tables import (
     TableDef,
     empty_frame,
 )
-from policyfresh.release.vector_history import forget_vector_history
-from policyfresh.index.vectors import vectors_dataset
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def purge_document(
         for table in BY_HIT:
             rows[table.name] = _redact_hits(settings, table, doc_id, purge_id)
     # Owners' pages and Data Docs may quote served text: they are rebuilt from what is left.
-    shutil.rmtree(reports_dir(settings), ignore_errors=True)
+    shutil.rmtree(settings.reports_dir, ignore_errors=True)
     result = PurgeResult(
         purge_id=purge_id,
         doc_id=doc_id,

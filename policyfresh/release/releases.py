@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 import lance
 import polars as pl
 
+from policyfresh.index.vectors import open_vectors
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.freshness import record_published
 from policyfresh.store.locks import writer_lock
 from policyfresh.store.tables import EVAL_RUNS, RELEASE_AUDIT, RELEASES, VECTORS, empty_frame
-from policyfresh.index.vectors import open_vectors
 
 if TYPE_CHECKING:
     import lancedb

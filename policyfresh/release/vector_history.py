@@ -7,12 +7,12 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from policyfresh.store import delta_store
 from policyfresh.index.chunks import RAW_PII_IN_VECTOR_HISTORY
-from policyfresh.store.config import Settings
-from policyfresh.release.releases import SERVED, publish_erasure, served_release
-from policyfresh.store.tables import POLICY_CHUNKS
 from policyfresh.index.vectors import open_vectors
+from policyfresh.release.releases import SERVED, publish_erasure, served_release
+from policyfresh.store import delta_store
+from policyfresh.store.config import Settings
+from policyfresh.store.tables import POLICY_CHUNKS
 
 log = logging.getLogger(__name__)
 

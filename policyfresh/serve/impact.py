@@ -21,19 +21,19 @@ from typing import Any
 import lance
 import polars as pl
 
+from policyfresh.index.vectors import vectors_dataset
+from policyfresh.release.purge import ERASED
+from policyfresh.release.releases import read_audit
+from policyfresh.serve.search import QueryEncoder, answer_many
+from policyfresh.serve.trace_store import read_traces
+from policyfresh.serve.traces import served_rows
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.locks import writer_lock
-from policyfresh.release.purge import ERASED
-from policyfresh.release.releases import read_audit
-from policyfresh.serve.search import QueryEncoder, answer_many
 from policyfresh.store.sql import in_list
 from policyfresh.store.tables import ANSWER_IMPACT, POLICY_DOCUMENTS, empty_frame
-from policyfresh.serve.trace_store import read_traces
-from policyfresh.serve.traces import served_rows
-from policyfresh.index.vectors import vectors_dataset
 
 EVAL_CALLER = "eval:"  # the evaluation's searches (`eval:<run id>`, release null): not answers
 RECORDED = "impact_recorded"  # local state: the last publication whose impact was written

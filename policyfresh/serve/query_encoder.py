@@ -18,8 +18,8 @@ import numpy as np
 from filelock import FileLock
 from tokenizers import Tokenizer
 
-from policyfresh.store.config import Settings
 from policyfresh.index.embedding import Embedder
+from policyfresh.store.config import Settings
 from policyfresh.store.errors import PolicyfreshError
 
 log = logging.getLogger(__name__)

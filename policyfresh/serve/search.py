@@ -16,12 +16,12 @@ import lance
 import numpy as np
 import pyarrow.compute as pc
 
+from policyfresh.index.vectors import METADATA, vectors_dataset
+from policyfresh.release.releases import served_release
+from policyfresh.serve.trace_store import write_traces
 from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.errors import PolicyfreshError
-from policyfresh.release.releases import served_release
 from policyfresh.store.sql import in_list
-from policyfresh.serve.trace_store import write_traces
-from policyfresh.index.vectors import METADATA, vectors_dataset
 
 
 class IndexNotBuiltError(PolicyfreshError):

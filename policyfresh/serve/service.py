@@ -27,14 +27,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from policyfresh.index.embedding import Embedder
+from policyfresh.index.vectors import vectors_dataset
+from policyfresh.ingest.pii import detect_pii
+from policyfresh.release.releases import read_releases, served_release
 from policyfresh.serve.api_keys import ApiKeys, key_id
 from policyfresh.serve.batching import Batcher
-from policyfresh.store.config import Settings
-from policyfresh.index.embedding import Embedder
 from policyfresh.serve.impact import ImpactError, impact, parse_since
-from policyfresh.ingest.pii import detect_pii
 from policyfresh.serve.query_encoder import prepared_encoder
-from policyfresh.release.releases import read_releases, served_release
 from policyfresh.serve.search import (
     Caller,
     Index,
@@ -46,7 +46,7 @@ from policyfresh.serve.search import (
 )
 from policyfresh.serve.trace_store import write_traces
 from policyfresh.serve.traces import TraceNotFoundError, explain_trace
-from policyfresh.index.vectors import vectors_dataset
+from policyfresh.store.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -44,7 +44,10 @@ def question_hash(key: bytes, question: str) -> str:
 
 def stored_traces(settings: Settings, traces: list[dict[str, Any]]) -> pl.DataFrame:
     """Trace rows as stored: PII in the question replaced by typed placeholders, hash keyed."""
-    from policyfresh.ingest.pii import detect_pii, redact  # Presidio is slow to import: only when writing
+    from policyfresh.ingest.pii import (  # Presidio is slow to import: only when writing
+        detect_pii,
+        redact,
+    )
 
     key = trace_secret(settings).read_bytes()
     rows = [

@@ -8,13 +8,13 @@ from typing import Any
 
 import polars as pl
 
+from policyfresh.index.vectors import vectors_dataset
+from policyfresh.ingest.documents import read_documents
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
-from policyfresh.ingest.documents import read_documents
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.sql import in_list
 from policyfresh.store.tables import RETRIEVAL_TRACES
-from policyfresh.index.vectors import vectors_dataset
 
 
 class TraceNotFoundError(PolicyfreshError, LookupError):

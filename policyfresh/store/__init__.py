@@ -1,1 +1,1 @@
-"""Storage: settings, table definitions, Delta and SQL access, leases and locks, expectation suites."""
+"""Storage: settings, table definitions, Delta and SQL access, leases, locks, expectation suites."""

@@ -65,7 +65,9 @@ def parse_duration(name: str, raw: str) -> float:
 
 def freshness_slo() -> float:
     """The freshness objective in seconds: `POLICYFRESH_FRESHNESS_SLO`, default 10 minutes."""
-    return parse_duration("POLICYFRESH_FRESHNESS_SLO", os.environ.get("POLICYFRESH_FRESHNESS_SLO", "10m"))
+    return parse_duration(
+        "POLICYFRESH_FRESHNESS_SLO", os.environ.get("POLICYFRESH_FRESHNESS_SLO", "10m")
+    )
 
 
 def max_parse_seconds() -> float:
@@ -155,6 +157,11 @@ class Settings:
     def model_cache(self) -> Path:
         """Where the model's ONNX export is kept (`POLICYFRESH_MODEL_CACHE` can share one)."""
         return self.model_cache_dir or self.home / "models"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Where the owners' reports and Data Docs are written."""
+        return self.home / "reports"
 
     @property
     def locks(self) -> Path:

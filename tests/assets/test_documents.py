@@ -12,7 +12,9 @@ from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 def materialize(settings, instance):
     resource = PolicyfreshResource(home=str(settings.home), policies=str(settings.policies))
-    result = dg.materialize([policy_documents], resources={"policyfresh": resource}, instance=instance)
+    result = dg.materialize(
+        [policy_documents], resources={"policyfresh": resource}, instance=instance
+    )
     assert result.success
     return {
         m.asset_key.to_user_string(): {k: getattr(v, "value", v) for k, v in m.metadata.items()}

@@ -6,9 +6,8 @@ from pathlib import Path
 import dagster as dg
 
 from orchestration.definitions import defs
-from policyfresh.store.config import Settings
 from policyfresh.release.releases import release_status
-from policyfresh.quality.reports import reports_dir
+from policyfresh.store.config import Settings
 from tests.test_evaluation import write_golden
 
 
@@ -20,7 +19,7 @@ def test_a_failed_release_gate_keeps_the_release_and_the_owners_get_their_report
     job = defs.resolve_job_def("refresh_policies")
     assert job.execute_in_process(instance=instance).success
     served = release_status(Settings.load())["published"]["release"]
-    pages = sorted((reports_dir(Settings.load()) / "owners").glob("*.html"))
+    pages = sorted((Settings.load().reports_dir / "owners").glob("*.html"))
     assert pages and all(f"Release {served} is served" in p.read_text() for p in pages)
 
     monkeypatch.setenv("POLICYFRESH_PII_RULES", "internal=block")

@@ -7,8 +7,8 @@ import polars as pl
 
 from assets.freshness import document_freshness, freshness_objective
 from orchestration.resources import PolicyfreshResource
-from policyfresh.store import delta_store
 from policyfresh.ingest.documents import ingest_documents, read_documents
+from policyfresh.store import delta_store
 from policyfresh.store.freshness import read_freshness
 from policyfresh.store.tables import DOCUMENT_FRESHNESS
 

@@ -5,7 +5,6 @@ import dagster as dg
 
 from orchestration.definitions import defs
 from policyfresh.release.releases import release_status
-from policyfresh.quality.reports import reports_dir
 
 
 def test_after_a_build_every_owner_page_says_the_release_is_served(settings):
@@ -18,7 +17,7 @@ def test_after_a_build_every_owner_page_says_the_release_is_served(settings):
     order = [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()]
     assert order.index("served_index") < order.index("quality_reports")
 
-    directory = reports_dir(settings)
+    directory = settings.reports_dir
     assert f"Release {served['release']} is served" in (directory / "index.html").read_text()
     pages = sorted((directory / "owners").glob("*.html"))
     assert len(pages) > 1
