@@ -63,7 +63,7 @@ lint: install
 
 test: lint browser postgresql $(SS)
 	$(BIN)/dg check defs
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/pytest
 
 dev: install

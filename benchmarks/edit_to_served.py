@@ -219,7 +219,7 @@ def choose_edit(corpus: Path) -> Edit:
 def policyfresh_command() -> list[str]:
     """The `policyfresh` console script beside this interpreter (or the CLI module through it)."""
     script = Path(sys.executable).parent / "policyfresh"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "policyfresh.cli.commands"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "policyfresh.cli"]
 
 
 def pipeline_env(home: Path, policies: Path, golden: Path) -> dict[str, str]:

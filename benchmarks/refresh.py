@@ -52,7 +52,7 @@ def policyfresh_run(settings: Settings) -> tuple[dict, float]:
         "POLICYFRESH_POLICIES": str(settings.policies),
         "POLICYFRESH_GOLDEN_CASES": str(GOLDEN),
     }
-    command = [sys.executable, "-m", "policyfresh.cli.commands", "run", "--json"]
+    command = [sys.executable, "-m", "policyfresh.cli", "run", "--json"]
     done, seconds = timed(lambda: subprocess.run(command, env=env, capture_output=True, text=True))
     if done.returncode not in (0, 1):
         raise RuntimeError(f"policyfresh run failed: {done.stderr[-2000:]}")

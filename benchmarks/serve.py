@@ -428,7 +428,7 @@ def timed_search(env: dict[str, str], question: str) -> dict[str, Any]:
 def imported_modules(env: dict[str, str], question: str) -> set[str]:
     """Every module `policyfresh search QUESTION` imports, from `python -X importtime`."""
     done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "policyfresh.cli.commands", "search", question],
+        [sys.executable, "-X", "importtime", "-m", "policyfresh.cli", "search", question],
         env=env,
         cwd=REPO,
         capture_output=True,

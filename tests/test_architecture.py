@@ -75,7 +75,7 @@ def test_importing_every_core_module_leaves_dagster_unloaded():
     modules = ", ".join(
         ".".join(("policyfresh", *p.relative_to(CORE).with_suffix("").parts))
         for p in MODULES
-        if p.name != "__init__.py"
+        if p.name not in ("__init__.py", "__main__.py")
     )
     code = f"import sys, {modules}; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -26,7 +26,7 @@ def environment(settings, **extra):
 
 def policyfresh(settings, *args, **env):
     return subprocess.run(
-        [sys.executable, "-m", "policyfresh.cli.commands", *args],
+        [sys.executable, "-m", "policyfresh.cli", *args],
         env=environment(settings, **env),
         capture_output=True,
         text=True,
@@ -238,7 +238,7 @@ def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
     assert refused.returncode == 2 and "no API keys: set POLICYFRESH_API_KEYS" in refused.stderr
     keys = json.dumps({"cli-test-key-00000001": ["public"]})
     server = subprocess.Popen(  # port 0: the server binds a free port and logs which
-        [sys.executable, "-m", "policyfresh.cli.commands", "serve", "--port", "0"],
+        [sys.executable, "-m", "policyfresh.cli", "serve", "--port", "0"],
         env=environment(settings, POLICYFRESH_API_KEYS=keys),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip

@@ -155,7 +155,7 @@ def test_two_refreshes_on_two_machines_at_once_leave_one_index_and_one_release(
     homes = [tmp_path / "machine-a", tmp_path / "machine-b"]
     runs = [
         subprocess.Popen(
-            [sys.executable, "-m", "policyfresh.cli.commands", "run", "--json"],
+            [sys.executable, "-m", "policyfresh.cli", "run", "--json"],
             env=environment(s3_settings, POLICYFRESH_HOME=str(home)),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -522,7 +522,7 @@ def _beside_the_service(settings: Settings, command: list[str], port: int) -> in
     from policyfresh.serve.api_keys import load_api_keys
 
     load_api_keys(settings)  # missing keys are named before anything starts
-    service = [sys.executable, "-m", "policyfresh.cli.commands", "--home", str(settings.home),
+    service = [sys.executable, "-m", "policyfresh.cli", "--home", str(settings.home),
                "--policies", str(settings.policies), "serve", "--port", str(port)]  # fmt: skip
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     children = [subprocess.Popen(command), subprocess.Popen(service)]
