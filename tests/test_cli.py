@@ -244,7 +244,7 @@ def test_serve_answers_over_http_until_its_process_group_is_stopped(settings):
     )  # fmt: skip
     lines: list[bytes] = []
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a generous limit: the first start exports ONNX
         started = None
         while started is None:  # its log line names the port it bound
             left = deadline - time.monotonic()

@@ -463,15 +463,41 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status | {"freshness": freshness}))
     else:
-        for key, value in status.items():
-            print(f"{key}: {value}")
-        published = status["published"]
-        if published and published["verdict"] == "unevaluated":
-            print("note: the served release is UNEVALUATED: no golden case gates it")
+        _print_status(status)
         _print_freshness(freshness)
     lagging = status["documents_not_chunked"] + status["chunks_over_token_limit"]
     healthy = not lagging and not any(status["reconciliation"].values()) and not freshness["late"]
     return 0 if healthy and not status["waiting"] else 1
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    """The status in sentences: what is stored, whether it reconciles, what is served and what
+    waits."""
+    print(f"policyfresh home {status['home']}")
+    print(f"  lake: {status['lake']}; vectors: {status['vectors_uri']}; "
+          f"writer locks: {status['locks']}; reports: {status['reports']}")  # fmt: skip
+    print(f"  {status['documents']} documents, {status['chunks']} chunks "
+          f"({status['blocked_chunks']} blocked by PII rules), {status['vectors']} vectors at "
+          f"index version {status['index_version']}, model {status['model_id']}")  # fmt: skip
+    off = {k.replace("_", " "): v for k, v in status["reconciliation"].items() if v}
+    print("  the vectors reconcile with the chunks" if not off else
+          "  the vectors do NOT reconcile with the chunks: "
+          + ", ".join(f"{count} {kind}" for kind, count in off.items()))  # fmt: skip
+    if status["documents_not_chunked"]:
+        print(f"  {status['documents_not_chunked']} documents not chunked yet")
+    if status["chunks_over_token_limit"]:
+        print(f"  {status['chunks_over_token_limit']} chunks over the model's token limit")
+    published = status["published"]
+    if published:
+        print(f"  release {published['release']} is served since {published['published_at']}"
+              f" ({published['age_seconds']} s), verdict {published['verdict']}")  # fmt: skip
+        if published["verdict"] == "unevaluated":
+            print("  note: the served release is UNEVALUATED: no golden case gates it")
+    else:
+        print("  no release is served yet: run a refresh")
+    waiting = status["waiting"]
+    if waiting:
+        print(f"  candidate {waiting['release']} waits: {waiting['why']}")
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
