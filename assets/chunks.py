@@ -5,24 +5,27 @@ import polars as pl
 
 from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, PolicyfreshResource
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
 from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import (
     chunking_id,
     oversized_chunks,
-    refresh_chunks,
     unchunked_documents,
 )
 from policyfresh.index.holds import describe_hold, read_holds
 from policyfresh.ingest.documents import read_documents
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import POLICY_CHUNKS
 
 HELD_COLUMNS = ["doc_id", "doc_version", "served_version", "owners", "stage", "reasons"]
 
 
+STAGE = STAGES[POLICY_CHUNKS.name]
+
+
 @dg.asset(
     name=POLICY_CHUNKS.name,
-    deps=["policy_documents"],
+    deps=STAGE.after,
     **table_asset(POLICY_CHUNKS, group="indexing", layer="silver", kinds={"deltalake", "polars"}),
     automation_condition=FOLLOWS_UPSTREAM,
     check_specs=[
@@ -46,8 +49,9 @@ def policy_chunks(
     context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Re-chunk only documents with a new version, token-aware, with offsets; PII redacted."""
-    settings, chunker = policyfresh.settings(), Chunker.for_model(embedder.embedder())
-    result = refresh_chunks(settings, chunker, run_id=context.run.run_id)
+    run = stage_run(context, policyfresh, embedder)
+    settings, chunker = run.settings, Chunker.for_model(run.embedder)
+    result = STAGE.work(run)
     context.log.info("policy_chunks: %s", result)
     yield dg.MaterializeResult(
         metadata={

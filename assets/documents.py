@@ -4,11 +4,12 @@ import dagster as dg
 import polars as pl
 
 from assets.metadata import markdown_table, table_asset
-from orchestration.resources import PolicyfreshResource
-from policyfresh.ingest.documents import ingest_documents
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
 from policyfresh.ingest.sources import OWNERS_FILE
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
+STAGE = STAGES[POLICY_DOCUMENTS.name]
 BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polars"}}
 
 
@@ -17,11 +18,14 @@ BRONZE = {"group": "ingestion", "layer": "bronze", "kinds": {"deltalake", "polar
         dg.AssetSpec(table.name, description=table.description, **table_asset(table, **BRONZE))
         for table in (POLICY_DOCUMENTS, INGEST_ERRORS)
     ],
+    name=STAGE.name,
 )
-def policy_documents(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
+def policy_documents(
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
+):
     """Scan, parse, hash, detect PII and resolve owners; write only what changed."""
-    settings = policyfresh.settings()
-    result = ingest_documents(settings, run_id=context.run.run_id)
+    run = stage_run(context, policyfresh, embedder)
+    settings, result = run.settings, STAGE.work(run)
     changes = result.new_versions.select(
         "doc_id",
         "change",

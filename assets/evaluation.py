@@ -6,8 +6,9 @@ import polars as pl
 
 from assets.metadata import markdown_table
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.quality.evaluation import Evaluation, evaluate
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.evaluation import Evaluation
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import EVAL_CASE_RESULTS, EVAL_RUNS
 
 UNEVALUATED = (
@@ -34,8 +35,11 @@ def _report(evaluation: Evaluation) -> str:
     return "\n".join(lines)
 
 
+STAGE = STAGES["regression_eval"]
+
+
 @dg.asset(
-    deps=["policy_vectors"],
+    deps=STAGE.after,
     group_name="evaluation",
     owners=[EVAL_RUNS.owner],
     kinds={"deltalake", "lancedb"},
@@ -56,8 +60,8 @@ def regression_eval(
 ):
     """Evaluate the newest index with the golden cases, affected cases first; diff with the
     previous run. Written to `eval_runs` and `eval_case_results`."""
-    settings = policyfresh.settings()
-    evaluation = evaluate(settings, embedder.embedder(), run_id=context.run.run_id)
+    run = stage_run(context, policyfresh, embedder)
+    settings, evaluation = run.settings, STAGE.work(run)
     if evaluation is None:
         raise dg.Failure("no vector index to evaluate: policy_vectors has not been built")
     summary = evaluation.summary()

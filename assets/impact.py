@@ -6,32 +6,28 @@ import polars as pl
 
 from assets.metadata import markdown_table, table_asset
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import PolicyfreshResource
-from policyfresh.serve.impact import record_impact
-from policyfresh.serve.impact_notice import notify, summary
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import ANSWER_IMPACT, empty_frame
+
+STAGE = STAGES[ANSWER_IMPACT.name]
 
 
 @dg.asset(
     name=ANSWER_IMPACT.name,
-    deps=["served_index"],
+    deps=STAGE.after,
     description=ANSWER_IMPACT.description
     + " Per publication, every earlier answer whose quoted text the new release no longer"
     " serves in that document; `new` marks those this publication changed first.",
     automation_condition=FOLLOWS_UPSTREAM,
     **table_asset(ANSWER_IMPACT, group="serving", layer="audit", kinds={"deltalake", "lancedb"}),
 )
-def answer_impact(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
-    settings = policyfresh.settings()
-    recorded = record_impact(settings, run_id=context.run.run_id)
-    deliveries = []
-    for entry in recorded:
-        news = entry.impact.rows.filter(pl.col("new"))
-        if settings.impact_webhook and entry.first_time and not news.is_empty():
-            delivery = notify(settings.impact_webhook, summary(entry.publication, entry.impact))
-            if not delivery.delivered:
-                context.log.warning("answer_impact: notice not delivered: %s", delivery.problem)
-            deliveries.append(delivery)
+def answer_impact(
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
+):
+    run = stage_run(context, policyfresh, embedder)
+    settings, announced = run.settings, STAGE.work(run)
+    recorded, deliveries = announced.recorded, announced.deliveries
     rows = pl.concat([empty_frame(ANSWER_IMPACT), *(r.impact.rows for r in recorded)])
     counts = (
         rows.explode("owners")

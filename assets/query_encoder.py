@@ -4,13 +4,16 @@ without importing torch."""
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.serve.query_encoder import MIN_COSINE, ExportError, export_onnx
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.pipeline import STAGES
+from policyfresh.serve.query_encoder import MIN_COSINE
 from policyfresh.store.tables import RETRIEVAL_TRACES
+
+STAGE = STAGES["query_encoder"]
 
 
 @dg.asset(
-    deps=["served_index"],
+    deps=STAGE.after,
     group_name="serving",
     owners=[RETRIEVAL_TRACES.owner],
     kinds={"onnx", "pytorch"},
@@ -23,13 +26,11 @@ def query_encoder(
     """Export the served model's query encoder to ONNX once per model and trust it only when
     its vectors match torch's. A model that cannot be exported is reported, not fatal:
     searches then use torch."""
-    settings, model = policyfresh.settings(), embedder.embedder()
-    try:
-        export = export_onnx(settings, model)
-    except ExportError as exc:
-        context.log.warning("query_encoder: %s; searches use torch", exc)
+    run = stage_run(context, policyfresh, embedder)
+    model, export = run.embedder, STAGE.work(run)
+    if export.problem:
         return dg.MaterializeResult(
-            metadata={"exported": False, "model_id": model.model_id, "problem": str(exc)}
+            metadata={"exported": False, "model_id": model.model_id, "problem": export.problem}
         )
     return dg.MaterializeResult(
         metadata={

@@ -5,15 +5,17 @@ import polars as pl
 
 from assets.metadata import markdown_table
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.quality.reports import build_reports
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import EVAL_RUNS
+
+STAGE = STAGES["quality_reports"]
 
 
 @dg.asset(
     # After the publication step, which runs for a blocked candidate too (it keeps the release
     # serving): the pages show what search serves now, and the answers its publication affected.
-    deps=["served_index", "answer_impact"],
+    deps=STAGE.after,
     group_name="reporting",
     owners=[EVAL_RUNS.owner],
     kinds={"html"},
@@ -27,8 +29,7 @@ def quality_reports(
     embedded, evaluation cases that fail or moved, PII types found) and an index of owners,
     under `<home>/reports`, each saying which release is served and which candidate waits.
     No document text or PII value is written."""
-    settings = policyfresh.settings()
-    reports = build_reports(settings, embedder.embedder().model_id)
+    reports = STAGE.work(stage_run(context, policyfresh, embedder))
     owners = pl.DataFrame(
         [
             {"owner": r.owner, "report": str(r.path), "documents": r.documents, **r.needs_action}

@@ -5,8 +5,8 @@ from datetime import timedelta
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import PolicyfreshResource
-from policyfresh.release.publication import publish
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.release.releases import SERVED, release_status
 from policyfresh.store.config import freshness_slo
 from policyfresh.store.tables import RELEASES
@@ -14,8 +14,11 @@ from policyfresh.store.tables import RELEASES
 OBJECTIVE = timedelta(seconds=freshness_slo())
 
 
+STAGE = STAGES["served_index"]
+
+
 @dg.asset(
-    deps=["regression_eval"],
+    deps=STAGE.after,
     group_name="serving",
     owners=[RELEASES.owner],
     kinds={"lancedb", "deltalake"},
@@ -27,12 +30,14 @@ OBJECTIVE = timedelta(seconds=freshness_slo())
         fail_window=OBJECTIVE, warn_window=OBJECTIVE / 2
     ),
 )
-def served_index(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
+def served_index(
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
+):
     """Point the `served` tag at the candidate that passed its evaluation (or that no golden
     case applies to); record who and why. A blocked candidate is never published: the
     previous release keeps serving and the materialization says why."""
-    settings = policyfresh.settings()
-    result = publish(settings, actor=f"run:{context.run.run_id}")
+    run = stage_run(context, policyfresh, embedder)
+    settings, result = run.settings, STAGE.work(run)
     context.log.info("served_index: %s", result.message)
     status = release_status(settings)
     published = status["published"] or {}

@@ -5,8 +5,8 @@ in every refresh and once a day."""
 import dagster as dg
 
 from assets.metadata import table_asset
-from orchestration.resources import PolicyfreshResource
-from policyfresh.serve.trace_store import prune_traces
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import RETRIEVAL_TRACES
 
 DAILY = (
@@ -14,18 +14,23 @@ DAILY = (
 ).with_label("daily at 03:00")
 
 
+STAGE = STAGES[RETRIEVAL_TRACES.name]
+
+
 @dg.asset(
     name=RETRIEVAL_TRACES.name,
-    deps=["served_index"],
+    deps=STAGE.after,
     description=RETRIEVAL_TRACES.description
     + " Written by `policyfresh search`, `search()` and the service, the question redacted;"
     " materializing it deletes traces past their retention, and their answer_impact rows.",
     automation_condition=DAILY,
     **table_asset(RETRIEVAL_TRACES, group="serving", layer="audit", kinds={"deltalake"}),
 )
-def retrieval_traces(context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource):
-    settings = policyfresh.settings()
-    counts = prune_traces(settings, run_id=context.run.run_id)
+def retrieval_traces(
+    context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
+):
+    run = stage_run(context, policyfresh, embedder)
+    settings, counts = run.settings, STAGE.work(run)
     context.log.info(
         "retrieval_traces: %d past %d days deleted, %d kept",
         counts["deleted"],

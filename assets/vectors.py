@@ -3,14 +3,17 @@
 import dagster as dg
 
 from orchestration.automation import FOLLOWS_UPSTREAM
-from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.index.vectors import VECTORS, reconcile, sync_vectors
+from orchestration.resources import EmbedderResource, PolicyfreshResource, stage_run
+from policyfresh.index.vectors import VECTORS, reconcile
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import POLICY_CHUNKS
+
+STAGE = STAGES[VECTORS]
 
 
 @dg.asset(
     name=VECTORS,
-    deps=["policy_chunks"],
+    deps=STAGE.after,
     group_name="indexing",
     owners=[POLICY_CHUNKS.owner],
     kinds={"lancedb", "pytorch"},
@@ -31,8 +34,8 @@ def policy_vectors(
     context: dg.AssetExecutionContext, policyfresh: PolicyfreshResource, embedder: EmbedderResource
 ):
     """Embed only (text, model) pairs not yet embedded; delete what left; keep indexes fresh."""
-    settings, model = policyfresh.settings(), embedder.bulk_embedder()
-    result = sync_vectors(settings, model)
+    run = stage_run(context, policyfresh, embedder, bulk=True)
+    settings, model, result = run.settings, run.embedder, STAGE.work(run)
     context.log.info("policy_vectors: %s", result)
     yield dg.MaterializeResult(
         metadata={

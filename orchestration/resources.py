@@ -8,6 +8,7 @@ import dagster as dg
 
 from policyfresh.index.embedding import Embedder
 from policyfresh.index.ray_embedding import make_embedder
+from policyfresh.quality.pipeline import StageRun
 from policyfresh.store.config import Settings
 
 
@@ -37,3 +38,14 @@ class EmbedderResource(dg.ConfigurableResource):
         """What a refresh embeds its new texts with: on the Ray cluster at
         `POLICYFRESH_RAY_ADDRESS` when it is set (`make_embedder`), else in this process."""
         return make_embedder(self._path())
+
+
+def stage_run(
+    context: dg.AssetExecutionContext,
+    policyfresh: PolicyfreshResource,
+    embedder: EmbedderResource,
+    bulk: bool = False,
+) -> StageRun:
+    """What a stage of `STAGES` works with in this run; `bulk` embeds with `bulk_embedder`."""
+    model = embedder.bulk_embedder() if bulk else embedder.embedder()
+    return StageRun(policyfresh.settings(), model, context.run.run_id)

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from orchestration.definitions import defs
+from policyfresh.quality.pipeline import STAGES
 from policyfresh.store.tables import TABLES
 
 FOLLOWS = "eager after runs, upstream blocking checks passed"
@@ -129,3 +130,22 @@ def test_the_sensors_run_from_the_start_and_runs_stay_in_one_process():
     )
     assert policy.fail_window.to_timedelta().total_seconds() == 600
     assert defs.resolve_job_def("refresh_policies").executor_def is dg.in_process_executor
+
+
+def test_the_job_and_the_plain_refresh_are_one_wiring_of_the_stages():
+    """Every step of the refresh job is a stage of `STAGES`, with its dependencies, in an order
+    the job could run; the plain refresh runs the same stages: none is skipped by either."""
+    job = defs.resolve_job_def("refresh_policies")
+    graph = job.asset_layer.asset_graph
+    steps = {
+        key.to_user_string()
+        for key in job.asset_layer.executable_asset_keys
+        if key.to_user_string() != "ingest_errors"  # written by the documents stage
+    }
+    assert steps == set(STAGES)
+    for name, stage in STAGES.items():
+        deps = {parent.to_user_string() for parent in graph.get(dg.AssetKey(name)).parent_keys}
+        assert deps == set(stage.after), name
+    order = list(STAGES)
+    for name, stage in STAGES.items():
+        assert all(order.index(before) < order.index(name) for before in stage.after), name

@@ -53,7 +53,22 @@ def test_an_export_that_differs_from_torch_is_never_trusted(own_cache, embedder,
         export_onnx(own_cache, embedder)
     assert load_onnx(own_cache, embedder) is None
     left = [p.name for p in own_cache.model_cache.iterdir() if p.suffix != ".lock"]
-    assert not left, "nothing half-made is left behind (the exporters' lock file may stay)"
+    assert left == [f".{embedder.model_id}.refused"], "nothing half-made is left behind"
+
+
+def test_a_refused_export_is_not_tried_again_until_its_verdict_is_deleted(
+    own_cache, embedder, monkeypatch
+):
+    monkeypatch.setattr(query_encoder, "MIN_COSINE", 1.5)
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_onnx(own_cache, embedder)
+    monkeypatch.setattr(query_encoder, "_export_once", lambda *_: pytest.fail("tried again"))
+    refused = query_encoder.try_export(own_cache, embedder)
+    assert not refused.exported and "differs from torch" in refused.problem
+    assert "to try again" in refused.problem
+    monkeypatch.undo()
+    (own_cache.model_cache / f".{embedder.model_id}.refused").unlink()
+    assert export_onnx(own_cache, embedder).exported
 
 
 def test_encoding_with_the_export_imports_no_torch(settings, embedder):

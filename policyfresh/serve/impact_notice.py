@@ -11,8 +11,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import polars as pl
 
-from policyfresh.serve.impact import Impact, Publication
+from policyfresh.serve.impact import Impact, Publication, Recorded, record_impact
+from policyfresh.store.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -77,3 +79,26 @@ def notify(
         if attempt < attempts:
             time.sleep(backoff * 2 ** (attempt - 1))
     return Delivery(payload["event_id"], payload["release"], False, attempt, problem)
+
+
+@dataclass(frozen=True)
+class Announced:
+    """The publications whose impact a refresh recorded, and how their notices went."""
+
+    recorded: list[Recorded]
+    deliveries: list[Delivery]
+
+
+def record_and_announce(settings: Settings, run_id: str) -> Announced:
+    """Record the impact of each publication not yet recorded, and send the notice of those
+    that affected answers for the first time when a webhook is configured."""
+    recorded = record_impact(settings, run_id=run_id)
+    deliveries = []
+    for entry in recorded:
+        news = entry.impact.rows.filter(pl.col("new"))
+        if settings.impact_webhook and entry.first_time and not news.is_empty():
+            delivery = notify(settings.impact_webhook, summary(entry.publication, entry.impact))
+            if not delivery.delivered:
+                log.warning("impact notice not delivered: %s", delivery.problem)
+            deliveries.append(delivery)
+    return Announced(recorded, deliveries)

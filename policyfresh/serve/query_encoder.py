@@ -114,10 +114,7 @@ def query_encoder(settings: Settings, embedder: Embedder) -> OnnxEncoder | Embed
 def prepared_encoder(settings: Settings, embedder: Embedder) -> OnnxEncoder | Embedder:
     """The ONNX encoder, exported first if there is none yet; the torch model only when the
     model cannot be exported. For a long-lived process, where the export's seconds pay off."""
-    try:
-        export_onnx(settings, embedder)
-    except ExportError as exc:
-        log.warning("%s; encoding questions with torch", exc)
+    try_export(settings, embedder)
     return query_encoder(settings, embedder)
 
 
@@ -127,6 +124,7 @@ class Export:
     exported: bool  # False: a verified export was already there
     min_cosine: float
     seconds: float
+    problem: str | None = None  # why the model could not be exported: searches use torch
 
 
 class ExportError(PolicyfreshError):
@@ -139,8 +137,26 @@ def export_onnx(settings: Settings, embedder: Embedder) -> Export:
     one at a time: the next finds the export."""
     directory = encoder_dir(settings, embedder.model_id)
     directory.parent.mkdir(parents=True, exist_ok=True)
+    refused = directory.with_name(f".{directory.name}.refused")
     with FileLock(directory.with_name(f".{directory.name}.lock")):
-        return _export_once(embedder, directory)
+        if refused.exists():  # an export costs seconds: a model refused once is not retried
+            raise ExportError(f"{refused.read_text().strip()} (delete {refused} to try again)")
+        try:
+            return _export_once(embedder, directory)
+        except ExportError as exc:
+            refused.write_text(f"{exc}\n")
+            raise
+
+
+def try_export(settings: Settings, embedder: Embedder) -> Export:
+    """`export_onnx`, with a model that cannot be exported reported in `problem` rather than
+    raised: searches then use torch."""
+    try:
+        return export_onnx(settings, embedder)
+    except ExportError as exc:
+        log.warning("%s; questions are encoded with torch", exc)
+        directory = encoder_dir(settings, embedder.model_id)
+        return Export(directory, False, float("nan"), 0.0, problem=str(exc))
 
 
 def _export_once(embedder: Embedder, directory: Path) -> Export:
