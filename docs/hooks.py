@@ -1,6 +1,6 @@
 """MkDocs hooks: the reference pages that are generated from the code, so they cannot drift.
 
-- The command line: one page per command of `policyfresh.cli.commands.build_parser()` (usage,
+- The command line: one page per command of `policyfresh.cli.parser.build_parser()` (usage,
   description, every option with its help), added as files on `on_files` and to the nav on
   `on_config`, and the global options and the command list on `reference/cli/index.md`.
 - The tables: the key and columns of every Delta table of `policyfresh.store.tables` and of the
@@ -28,7 +28,7 @@ import pyarrow as pa
 from mkdocs.plugins import get_plugin_logger
 from mkdocs.structure.files import File
 
-from policyfresh.cli.commands import build_parser
+from policyfresh.cli.parser import build_parser
 from policyfresh.layers import LAYERS
 
 log = get_plugin_logger("policyfresh_docs")
@@ -139,7 +139,7 @@ def command_page(name: str, sub: argparse.ArgumentParser, summary: str) -> str:
         "Global options (`--home`, `--policies`, `-v`) go before the command and exit codes are "
         "the same for every command: see [the command line](index.md). More on this command: "
         f"[{title}]({link}).",
-        "*Generated from `policyfresh.cli.commands.build_parser()` when the site is built.*",
+        "*Generated from `policyfresh.cli.parser.build_parser()` when the site is built.*",
     ]) + "\n"  # fmt: skip
 
 

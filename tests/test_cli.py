@@ -42,7 +42,7 @@ def heavy_modules_after(settings, argv: list[str]) -> subprocess.CompletedProces
         "heavy = lambda: [m for m in ('dagster', 'great_expectations', 'torch', "
         "'sentence_transformers', 'lancedb', 'presidio_analyzer') if sys.modules.get(m)]\n"
         "store.write_traces = lambda *a, **k: (print('ANSWERED', heavy()), write(*a, **k))\n"
-        "from policyfresh.cli.commands import main\n"
+        "from policyfresh.cli.main import main\n"
         f"code = main({argv!r}); print('HEAVY', heavy(), code)"
     )
     return subprocess.run(
@@ -56,6 +56,7 @@ def test_run_json_summary_runs_recorded_and_nothing_to_do_loads_nothing_heavy(sm
     done = policyfresh(small_settings, "run", "--json")
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
+    assert "documents parsed" not in done.stderr, "no progress with --json"
     assert summary["documents"] == {
         "added": 5, "changed": 0, "deleted": 0, "unchanged": 0, "quarantined": 1
     }  # fmt: skip
@@ -185,6 +186,9 @@ def test_a_held_document_warns_and_a_table_wide_fault_exits_1(small_settings):
     ungated = {"POLICYFRESH_GOLDEN_CASES": "none"}  # its cases would fail: it was never served
     held = policyfresh(small_settings, "run", **ungated)
     assert held.returncode == 0, held.stderr
+    # Not a terminal: progress is a plain line on stderr, the last one with every unit done.
+    assert re.search(r"^documents parsed: (\d+)/\1 \(", held.stderr, re.M), held.stderr
+    assert re.search(r"^texts embedded: (\d+)/\1 \(", held.stderr, re.M), held.stderr
     assert (
         "HELD BACK: hr/annual-leave.md v1 (owners hr-policies@northwind-bank.com), never "
         "served: policy_documents: expect_column_values_to_not_match_regex on text (1 row)"

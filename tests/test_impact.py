@@ -22,7 +22,7 @@ import pytest
 from assets.impact import answer_impact
 from orchestration.expectations import expectation_check
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.cli.commands import main
+from policyfresh.cli.main import main
 from policyfresh.index.embedding import Embedder
 from policyfresh.index.vectors import open_vectors, read_vector_rows, vectors_dataset
 from policyfresh.quality.pipeline import refresh

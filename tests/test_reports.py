@@ -13,7 +13,7 @@ import pytest
 
 from assets.reports import quality_reports
 from orchestration.resources import EmbedderResource, PolicyfreshResource
-from policyfresh.cli.commands import main
+from policyfresh.cli.main import main
 from policyfresh.index.vectors import open_vectors, vector_gaps
 from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.quality.pipeline import refresh

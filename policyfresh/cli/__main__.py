@@ -2,6 +2,6 @@
 
 import sys
 
-from policyfresh.cli.commands import main
+from policyfresh.cli.main import main
 
 sys.exit(main())

@@ -106,7 +106,7 @@ class Embedder:
         model = self.load()
         out = np.empty((len(texts), self.dimensions), dtype=np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        step = max(batch_size * 8, 1)
+        step = max(batch_size * 2, 1)
         for start in range(0, len(texts), step):
             block = order[start : start + step]
             out[block] = model.encode(

@@ -21,6 +21,7 @@ from policyfresh.index.embedding import Embedder
 from policyfresh.store.config import Settings
 from policyfresh.store.freshness import record_embedded
 from policyfresh.store.locks import writer_lock
+from policyfresh.store.progress import advance
 from policyfresh.store.sql import in_list, literal
 from policyfresh.store.tables import POLICY_CHUNKS, TS, VECTORS
 
@@ -210,7 +211,9 @@ def _sync(settings: Settings, embedder: Embedder) -> SyncResult:
         def progress(done: int, total: int) -> None:
             rate = done / max(time.perf_counter() - started, 1e-9)
             log.info("embedded %d/%d texts (%.1f/s)", done, total, rate)
+            advance("texts embedded", done, total)
 
+        advance("texts embedded", 0, to_embed.height)
         encoded = embedder.encode(to_embed["embed_text"].to_list(), progress=progress)
         now = datetime.now(tz=UTC)
         vectors.update((s, (v, now)) for s, v in zip(to_embed["text_sha256"], encoded, strict=True))

@@ -33,6 +33,7 @@ from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.freshness import record_seen
 from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.locks import writer_lock
+from policyfresh.store.progress import counted
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS, empty_frame
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def _ingest(settings: Settings, run_id: str) -> IngestResult:
     detector = detector_id(allow)  # an edit of PII_ALLOW rescans every document
     new_rows: list[dict[str, Any]] = []
     counts: Counter[str] = Counter()
-    for number, source in enumerate(files, start=1):
+    for number, source in enumerate(counted("documents parsed", files), start=1):
         if number % 100 == 0:
             log.info("ingest: %d/%d files", number, len(files))
         previous = latest.get(source.doc_id)
