@@ -26,6 +26,13 @@ run_coordinator:
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
+run_launcher:  # each run forks from the warm run worker of `policyfresh dev`, if one is up
+  module: orchestration.warm_launcher
+  class: WarmRunLauncher
+run_monitoring:  # a run whose warm child died is failed within seconds
+  enabled: true
+  poll_interval_seconds: 5
+  max_resume_run_attempts: 0
 concurrency:
   pools:
     default_limit: 1

@@ -1,5 +1,5 @@
 """deploy/: a deployment's Dagster instance is policyfresh's own instance with its storage on
-Postgres and its run launcher named (tests/test_dev.py runs it on a real Postgres)."""
+Postgres (tests/test_dev.py runs it on a real Postgres)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import yaml
 from orchestration.runner import INSTANCE_CONFIG
 from tests.conftest import REPO
 
-DEPLOYED = ("storage", "run_launcher")
+DEPLOYED = ("storage",)
 
 
 def test_the_deployed_instance_keeps_the_single_machine_queue_pools_and_logs():

@@ -39,6 +39,10 @@ from policyfresh.quality.golden import load_golden
 from policyfresh.store.config import Settings
 from policyfresh.store.errors import ConfigError, PoliciesNotFoundError, PolicyfreshError
 from policyfresh.store.freshness import freshness_summary
+from policyfresh.store.progress import advance
+
+WARM_WORKER = "warm run worker"
+RESTART_AFTER_SECONDS = 5.0
 
 # Commands import what they use: lancedb, torch and Dagster take seconds to import, and a
 # refresh with nothing to do should not wait for them.
@@ -90,10 +94,12 @@ def _nothing_changed(last: dict[str, Any]) -> dict[str, Any]:
 
 def _refresh(settings: Settings) -> dict[str, Any]:
     """Run the refresh job in the Dagster instance under the home; its summary."""
-    # The orchestration layer imports dagster; the core never does, so it is loaded only here.
-    from orchestration.runner import run_refresh
+    materialized = _warm_refresh(settings)
+    if materialized is None:
+        # The orchestration layer imports dagster; the core never does, so it is loaded here.
+        from orchestration.runner import run_refresh
 
-    materialized = run_refresh(settings)
+        materialized = run_refresh(settings)
     docs = materialized.get("policy_documents", {})
     chunks = materialized.get("policy_chunks", {})
     vectors = materialized.get("policy_vectors", {})
@@ -113,6 +119,40 @@ def _refresh(settings: Settings) -> dict[str, Any]:
         "checks": materialized["checks"],
     }
     return summary
+
+
+def _warm_refresh(settings: Settings) -> dict[str, Any] | None:
+    """The refresh job run by the warm run worker of `policyfresh dev` on this home, followed
+    to its end with its progress; None when no worker answers. Ctrl-C interrupts the run."""
+    from orchestration.warm_socket import request, socket_path
+
+    path = socket_path(settings.dagster_home)
+    if not path.exists():
+        return None
+    golden = str(settings.golden_cases) if settings.golden_cases else "none"
+    asked = {"home": str(settings.home), "policies": str(settings.policies), "golden": golden,
+             "allow_mass_delete": settings.allow_mass_delete}  # fmt: skip
+    child = None
+    try:
+        for reply in request(path, {"refresh": asked}):
+            if "pid" in reply:
+                child = reply["pid"]
+            elif "progress" in reply:
+                advance(*reply["progress"])
+            elif "error" in reply:
+                raise PolicyfreshError(reply["error"])
+            else:
+                return reply["result"]
+    except KeyboardInterrupt:
+        if child is not None:
+            os.kill(child, signal.SIGINT)
+        raise
+    except OSError:
+        if child is None:
+            return None  # a socket left by a worker that is gone
+        raise
+    raise PolicyfreshError(f"the warm run worker's child {child} ended without a summary: "
+                           "see the output of `policyfresh dev`")  # fmt: skip
 
 
 def _reports_summary(reports: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -316,30 +356,49 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     export_settings(settings)
     workspace = Path(__file__).resolve().parents[2] / "workspace.yaml"
     print(f"Dagster UI for {settings.policies}, instance {settings.dagster_home}", file=sys.stderr)
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(workspace), *args.dagster_args]
-    if args.serve is None:
-        os.execv(sys.executable, command)
-    return _beside_the_service(settings, command, args.serve)
+    commands = {
+        "Dagster webserver and daemon": [
+            *(sys.executable, "-m", "dagster", "dev", "-w", str(workspace)),
+            *args.dagster_args,
+        ],
+        WARM_WORKER: [sys.executable, "-m", "orchestration.warm_worker"],
+    }
+    if args.serve is not None:
+        from policyfresh.serve.api_keys import load_api_keys
+
+        load_api_keys(settings)  # missing keys are named before anything starts
+        commands["search service"] = [
+            *(sys.executable, "-m", "policyfresh.cli", "--home", str(settings.home)),
+            *("--policies", str(settings.policies), "serve", "--port", str(args.serve)),
+        ]
+    return _supervise(commands, restart={WARM_WORKER})
 
 
-def _beside_the_service(settings: Settings, command: list[str], port: int) -> int:
-    """Run `command` and the search service side by side; when one stops, stop the other."""
-    from policyfresh.serve.api_keys import load_api_keys
-
-    load_api_keys(settings)  # missing keys are named before anything starts
-    service = [sys.executable, "-m", "policyfresh.cli", "--home", str(settings.home),
-               "--policies", str(settings.policies), "serve", "--port", str(port)]  # fmt: skip
+def _supervise(commands: dict[str, list[str]], restart: set[str]) -> int:
+    """Run the commands side by side and restart those in `restart` when they exit (not more
+    often than every few seconds); when another stops, stop them all and return its code."""
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    children = [subprocess.Popen(command), subprocess.Popen(service)]
+    children = {name: subprocess.Popen(command) for name, command in commands.items()}
+    started = dict.fromkeys(commands, time.monotonic())
     try:
-        while all(child.poll() is None for child in children):
+        while True:
+            for name, child in list(children.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                if name not in restart:
+                    return code
+                if time.monotonic() - started[name] >= RESTART_AFTER_SECONDS:
+                    print(f"policyfresh dev: the {name} exited ({code}): starting it again",
+                          file=sys.stderr)  # fmt: skip
+                    children[name] = subprocess.Popen(commands[name])
+                    started[name] = time.monotonic()
             time.sleep(0.5)
-        return next(child.returncode for child in children if child.returncode is not None)
     finally:
-        for child in children:
+        for child in children.values():
             if child.poll() is None:
                 child.terminate()
-        for child in children:
+        for child in children.values():
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:

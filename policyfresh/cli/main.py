@@ -26,3 +26,6 @@ def main(argv: list[str] | None = None) -> int:
     except PolicyfreshError as exc:
         print(f"policyfresh: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("policyfresh: interrupted", file=sys.stderr)
+        return 130

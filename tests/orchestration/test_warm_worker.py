@@ -1,0 +1,180 @@
+"""The warm run worker under `policyfresh dev`: runs launched from the UI's API fork from it and
+are ordinary Dagster runs (events, materializations, termination); a killed worker fails its run
+and is started again; `policyfresh run` hands its run to it and imports nothing heavy itself.
+
+One `policyfresh dev` (webserver, daemon, worker and search service on free ports of 127.0.0.1,
+its own process group, stopped by it) serves the tests of this module, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestration.warm_socket import ask, socket_path
+from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load_benchmark
+
+pytestmark = pytest.mark.xdist_group("policyfresh-dev")
+
+RUN_TIMEOUT_SECONDS = 300
+WORKER_TIMEOUT_SECONDS = 180
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
+EDITED = "retail/overdraft-fees.md"
+SELECTOR = {"repositoryLocationName": "policyfresh", "repositoryName": "__repository__",
+            "jobName": "refresh_policies"}  # fmt: skip
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+  }
+}"""
+TERMINATE = """
+mutation Terminate($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+  }
+}"""
+MESSAGES = """
+query Messages($runId: ID!) {
+  logsForRun(runId: $runId, limit: 100000) {
+    ... on EventConnection { events { __typename ... on MessageEvent { message } } }
+  }
+}"""
+
+
+class Dev:
+    """The running `policyfresh dev` and how to reach it."""
+
+    def __init__(self, client: httpx.Client, env: dict[str, str], home: Path, corpus: Path):
+        self.client, self.env, self.home, self.corpus = client, env, home, corpus
+        self.bench = load_benchmark()
+
+    def worker(self, other_than: int | None = None) -> dict[str, Any]:
+        """The worker's answer to a ping, waiting for one (other than `other_than`) to be up."""
+        deadline = time.monotonic() + WORKER_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                reply = ask(socket_path(self.home / "dagster"), {"ping": True})
+                if reply["worker_pid"] != other_than:
+                    return reply
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError("no warm run worker answered")
+
+    def launch(self) -> str:
+        found = self.bench.graphql(self.client, LAUNCH, params={"selector": SELECTOR})
+        launched = found["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return launched["run"]["runId"]
+
+    def status(self, run_id: str) -> str:
+        return self.bench.runs(self.client, runIds=[run_id])[0]["status"]
+
+    def wait(self, run_id: str, statuses: set[str]) -> str:
+        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+        while (status := self.status(run_id)) not in statuses:
+            assert time.monotonic() < deadline, f"run {run_id} still {status}"
+            time.sleep(0.2)
+        return status
+
+    def messages(self, run_id: str) -> list[str]:
+        found = self.bench.graphql(self.client, MESSAGES, runId=run_id)["logsForRun"]
+        return [e["message"] for e in found["events"] if e.get("message")]
+
+    def edit(self, words: str) -> None:
+        page = self.corpus / EDITED
+        page.write_text(page.read_text() + f"\n{words}\n")
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
+    bench = load_benchmark()
+    root = tmp_path_factory.mktemp("warm")
+    corpus, home = root / "corpus", root / "home"
+    shutil.copytree(BUNDLED, corpus)
+    keep_only(corpus, SMALL)
+    env = bench.pipeline_env(home, corpus, BUNDLED_GOLDEN)
+    bench.build(env, root / "build.log")
+    port, service_port, log = bench.free_port(), bench.free_port(), root / "dev.log"
+    started = time.time()
+    process = bench.start_dev(env, port, service_port, log)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            bench.wait_until_ready(client, process, log, started)
+            running = Dev(client, env, home, corpus)
+            running.worker()
+            yield running
+    finally:
+        bench.stop_dev(process)
+
+
+def test_a_launched_run_forks_from_the_worker_and_can_be_terminated(dev: Dev):
+    worker = dev.worker()
+    run_id = dev.launch()
+    assert dev.wait(run_id, FINISHED) == "SUCCESS"
+    messages = dev.messages(run_id)
+    assert any(f"Launched by the warm run worker {worker['worker_pid']}" in m for m in messages)
+    assert any("peak resident memory" in m for m in messages), "the child's peak RSS is reported"
+    events = dev.bench.run_events(dev.client, run_id)
+    materialized = {e["assetKey"]["path"][-1] for e in events if "assetKey" in e}
+    assert {"policy_documents", "served_index", "quality_reports"} <= materialized
+
+    dev.edit("Terminated refreshes never publish this sentence.")
+    run_id = dev.launch()
+    dev.wait(run_id, {"STARTED", *FINISHED})
+    terminated = dev.bench.graphql(dev.client, TERMINATE, runId=run_id)["terminateRun"]
+    assert terminated["__typename"] == "TerminateRunSuccess", terminated
+    assert dev.wait(run_id, FINISHED) == "CANCELED"
+    assert dev.worker()["worker_pid"] == worker["worker_pid"], "only the run's child stopped"
+
+
+def test_a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev: Dev):
+    worker = dev.worker()["worker_pid"]
+    dev.edit("A run whose worker is killed fails cleanly.")
+    run_id = dev.launch()
+    dev.wait(run_id, {"STARTED", *FINISHED})
+    os.kill(worker, signal.SIGKILL)  # its child dies with it
+    assert dev.wait(run_id, FINISHED) == "FAILURE"
+
+    restarted = dev.worker(other_than=worker)["worker_pid"]
+    run_id = dev.launch()
+    assert dev.wait(run_id, FINISHED) == "SUCCESS"
+    assert any(f"warm run worker {restarted}" in m for m in dev.messages(run_id))
+
+
+def test_policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev: Dev):
+    dev.edit("Handed to the warm worker.")
+    probe = (
+        "import sys\n"
+        "from policyfresh.cli.main import main\n"
+        "code = main(['run', '--json'])\n"
+        "heavy = [m for m in ('dagster', 'great_expectations', 'torch', 'presidio_analyzer')"
+        " if sys.modules.get(m)]\n"
+        "print('HEAVY', heavy, code, file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=dev.env, cwd=REPO, capture_output=True, text=True,
+        timeout=RUN_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    assert "HEAVY [] 0" in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["documents"]["changed"] == 1 and summary["release"]["published"]
+    assert summary["checks"]["regression_eval:release_gate"] == "passed"
+    (run,) = dev.bench.runs(dev.client, runIds=[summary["run_id"]])
+    assert {"key": "policyfresh/trigger", "value": "cli"} in run["tags"], "a run of the instance"
