@@ -2,17 +2,19 @@
 nobody clicking, under `policyfresh dev` (the Dagster webserver and daemon and their sensors).
 
     .venv/bin/python benchmarks/edit_to_served.py [--corpus ../shared/corpora/18f-handbook/]
-        [--golden FILE] [--timeout 300] [--out benchmarks/results/edit_to_served.json]
+        [--golden FILE] [--timeout 300] [--edits 5] [--out benchmarks/results/edit_to_served.json]
         [--instance-config deploy/dagster.yaml]
 
 It copies the corpus to a temporary folder, builds it once with `policyfresh run`, starts
-`policyfresh dev` on a free port of 127.0.0.1, waits for the webserver and the sensors, makes one
-real edit (the corpus's own before/after edit set when it has one, else a distinctive sentence
-appended to a page) and then times, from the moment the file was saved: the run the
+`policyfresh dev` on a free port of 127.0.0.1, waits for the webserver and the sensors, saves
+`--edits` edits one after another (the corpus's own before/after edit set first, then distinctive
+sentences appended to other pages) and, for each, times from the moment it was saved: the run the
 `policy_source_sensor` requests (created, started), each asset's materialization in it
 (ingested, chunked, embedded, evaluated, published) and the first `policyfresh search` that
 returns the new text from a newer release (served); also when the search service started
-beside the UI (`dev --serve`) first answers with it. The dev server is always stopped, by its
+beside the UI (`dev --serve`) first answers with it; p50 and max over the edits. Last, it saves
+one more edit and times `policyfresh run` with the daemon (and its warm run worker) up. The
+dev server is always stopped, by its
 own process group. `--instance-config` runs the Dagster instance on that dagster.yaml instead of
 policyfresh's own (deploy/dagster.yaml: on Postgres, from the DAGSTER_PG_* variables).
 """
@@ -27,6 +29,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,7 +107,7 @@ query Logs($runId: ID!) {
     ... on EventConnection {
       events {
         __typename
-        ... on MessageEvent { timestamp stepKey }
+        ... on MessageEvent { timestamp stepKey message }
         ... on MaterializationEvent { assetKey { path } }
       }
     }
@@ -187,33 +190,40 @@ def replacement_edit(corpus: Path, path: str, old: str, new: str, question: str)
     )
 
 
-def appended_edit(corpus: Path) -> Edit:
-    """An edit that appends a distinctive sentence to the first markdown page of the corpus."""
+def appended_edit(corpus: Path, number: int = 0, avoid: set[str] | None = None) -> Edit:
+    """An edit that appends a distinctive sentence (one per `number`) to a markdown page of the
+    corpus, the `number`-th not in `avoid`."""
     root = policies_root(corpus)
     pages = sorted(p for p in root.rglob("*.md") if not p.name.startswith("."))
-    if not pages:
-        raise BenchmarkError(f"no markdown page under {root} to edit")
-    page = pages[0]
-    sentence = "The edit-to-served probe contact is the Quillfeather latency desk, room 4417."
+    pages = [p for p in pages if p.relative_to(root).as_posix() not in (avoid or set())]
+    if len(pages) <= number:
+        raise BenchmarkError(f"fewer than {number + 1} markdown pages under {root} to edit")
+    page = pages[number]
+    desk = f"Quillfeather latency desk, room {4417 + number}"
+    sentence = f"The edit-to-served probe contact number {number} is the {desk}."
     text = page.read_text(encoding="utf-8").rstrip("\n") + f"\n\n{sentence}\n"
     return Edit(
         path=page.relative_to(root).as_posix(),
         after=text,
-        question="Who is the edit-to-served probe contact?",
-        new_text="Quillfeather latency desk, room 4417",
+        question=f"Who is the edit-to-served probe contact number {number}?",
+        new_text=desk,
         source="appended sentence",
     )
 
 
-def choose_edit(corpus: Path) -> Edit:
-    """The corpus's first recorded real edit if it has an edit set, else an appended sentence."""
+def choose_edits(corpus: Path, count: int) -> list[Edit]:
+    """The corpus's recorded real edits (its `changes/` set), then appended sentences on other
+    pages, `count` edits of `count` different pages in all."""
+    edits: list[Edit] = []
     changes = corpus / "changes" / "changes.jsonl"
     if changes.is_file():
         for line in changes.read_text(encoding="utf-8").splitlines():
             change = json.loads(line)
-            if (corpus / change["before_file"]).is_file():
-                return recorded_edit(corpus, change)
-    return appended_edit(corpus)
+            if (corpus / change["before_file"]).is_file() and len(edits) < count:
+                edits.append(recorded_edit(corpus, change))
+    edited = {edit.path for edit in edits}
+    edits += [appended_edit(corpus, n, edited) for n in range(count - len(edits))]
+    return edits
 
 
 def policyfresh_command() -> list[str]:
@@ -561,91 +571,48 @@ def machine() -> dict[str, Any]:
     }
 
 
-def prepare_copy(corpus: Path, workdir: Path, edit: Edit) -> Path:
-    """Copy the corpus's policies into the workdir, with the edited page as it was before."""
+def prepare_copy(corpus: Path, workdir: Path, edits: list[Edit]) -> Path:
+    """Copy the corpus's policies into the workdir, with the edited pages as they were before."""
     policies = workdir / "policies"
     shutil.copytree(policies_root(corpus), policies)
-    if edit.before is not None:
-        (policies / edit.path).write_text(edit.before, encoding="utf-8")
+    for edit in edits:
+        if edit.before is not None:
+            (policies / edit.path).write_text(edit.before, encoding="utf-8")
     return policies
 
 
-def measure(
-    corpus: Path,
-    golden: Path,
-    workdir: Path,
+def served_edit(
+    client: httpx.Client, env: dict[str, str], service_port: int, policies: Path, edit: Edit,
     timeout: float,
-    edit: Edit | None = None,
-    instance_config: Path | None = None,
-) -> dict[str, Any]:
-    """Build the corpus, start `policyfresh dev`, edit one page and time each stage until search
-    serves the edit; the figures. The dev server is stopped whatever happens. The Dagster
-    instance runs on `instance_config` (a dagster.yaml) when given, else on policyfresh's own."""
-    corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
-    date = datetime.now(tz=UTC).isoformat(timespec="seconds")
-    where = machine()  # before anything starts: the load others put on it
-    edit = edit or choose_edit(corpus)
-    workdir.mkdir(parents=True, exist_ok=True)
-    policies = prepare_copy(corpus, workdir, edit)
-    home = workdir / "home"
-    if instance_config is not None:
-        (home / "dagster").mkdir(parents=True)  # policyfresh keeps a dagster.yaml it did not write
-        shutil.copyfile(instance_config, home / "dagster" / "dagster.yaml")
-    env = pipeline_env(home, policies, golden)
-    build_seconds, summary = build(env, workdir / "build.log")
+) -> dict[str, Any]:  # fmt: skip
+    """Save one edit and time each stage until both `policyfresh search` and the service serve
+    it; that edit's figures."""
     before = search(env, edit.question, STARTUP_TIMEOUT_SECONDS)
     if serves(before, edit.new_text):
         raise BenchmarkError(f"{edit.new_text!r} is served before the edit: not a measurement")
-    port, service_port = free_port(), free_port()
-    log = workdir / "dev.log"
-    started = time.time()
-    process = start_dev(env, port, service_port, log)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            wait_until_ready(client, process, log, started)
-            ready_seconds = time.time() - started
-            if ask_service(service_port, edit.question, 30)["release"] != before["release"]:
-                raise BenchmarkError("the search service beside the UI does not serve the build")
-            earlier = {r["runId"] for r in trigger_runs(client)}
-            (policies / edit.path).write_text(edit.after, encoding="utf-8")
-            t0 = time.time()
-            deadline = t0 + timeout
-            run, events = wait_for_publication(client, earlier, t0, deadline)
-            by_service = wait_until_served(
-                partial(ask_service, service_port), edit, before["release"], t0, deadline
-            )
-            asked, answered, result = wait_until_served(
-                partial(search, env), edit, before["release"], t0, deadline
-            )
-            run = runs(client, runIds=[run["runId"]])[0]  # finished by now: its end and steps
-            events = run_events(client, run["runId"])
-    except BaseException:
-        print(f"dev server log ({log}), last lines:\n{tail(log)}", file=sys.stderr)
-        raise
-    finally:
-        stop_dev(process)
+    earlier = {r["runId"] for r in trigger_runs(client)}
+    (policies / edit.path).write_text(edit.after, encoding="utf-8")
+    t0 = time.time()
+    deadline = t0 + timeout
+    run, events = wait_for_publication(client, earlier, t0, deadline)
+    by_service = wait_until_served(
+        partial(ask_service, service_port), edit, before["release"], t0, deadline
+    )
+    asked, answered, result = wait_until_served(
+        partial(search, env), edit, before["release"], t0, deadline
+    )
+    run = runs(client, runIds=[run["runId"]])[0]  # finished by now: its end and steps
+    events = run_events(client, run["runId"])
     seconds = stage_times(run, events, t0) | {"served": asked}
     spent = intervals(seconds)
     dominant = max(spent, key=spent.__getitem__)
     return {
-        "date": date,
-        "machine": where,
-        "corpus": str(corpus),
-        "golden": str(golden),
-        "documents": sum(summary["documents"][k] for k in ("added", "changed", "unchanged")),
         "edit": {k: v for k, v in asdict(edit).items() if k not in ("before", "after")},
-        "initial_build_seconds": round(build_seconds, 1),
-        "initial_build": {
-            "chunks": summary["chunks"]["inserted"],
-            "embedded": summary["vectors"]["embedded"],
-            "eval": summary["eval"] and summary["eval"]["verdict"],
-            "release": summary["release"]["served"],
-        },
-        "dev_ready_seconds": round(ready_seconds, 1),
-        "dev_pid": process.pid,
-        "sensor_interval_seconds": SENSOR_INTERVAL_SECONDS,
         "run_id": run["runId"],
         "run_tags": {tag["key"]: tag["value"] for tag in run["tags"]},
+        "launched_by_warm_worker": any(
+            "Launched by the warm run worker" in (e.get("message") or "") for e in events
+        ),
         "release_before": before["release"],
         "release_after": result["release"],
         "old_text_still_served": bool(edit.old_text and serves(result, edit.old_text)),
@@ -662,16 +629,107 @@ def measure(
     }
 
 
+def cli_run_seconds(env: dict[str, str], policies: Path, edit: Edit) -> dict[str, Any]:
+    """Save `edit` and time `policyfresh run --json` at once, as a person would with the
+    daemon up: its seconds and what it did."""
+    (policies / edit.path).write_text(edit.after, encoding="utf-8")
+    started = time.monotonic()
+    done = subprocess.run(
+        [*policyfresh_command(), "run", "--json"], env=env, cwd=REPO, capture_output=True,
+        text=True, timeout=BUILD_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    if done.returncode != 0:
+        raise BenchmarkError(f"`policyfresh run` exited {done.returncode}: {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"seconds": round(seconds, 2), "documents_changed": summary["documents"]["changed"],
+            "published": summary["release"]["published"]}  # fmt: skip
+
+
+def measure(
+    corpus: Path,
+    golden: Path,
+    workdir: Path,
+    timeout: float,
+    edits: list[Edit] | None = None,
+    instance_config: Path | None = None,
+    cli_edit: Edit | None = None,
+) -> dict[str, Any]:
+    """Build the corpus, start `policyfresh dev`, save each edit in turn and time each stage
+    until search serves it; then, with `cli_edit`, time `policyfresh run` with the daemon up.
+    The figures. The dev server is stopped whatever happens. The Dagster instance runs on
+    `instance_config` (a dagster.yaml) when given, else on policyfresh's own."""
+    corpus, golden, workdir = corpus.resolve(), golden.resolve(), workdir.resolve()
+    date = datetime.now(tz=UTC).isoformat(timespec="seconds")
+    where = machine()  # before anything starts: the load others put on it
+    edits = edits or choose_edits(corpus, 1)
+    workdir.mkdir(parents=True, exist_ok=True)
+    policies = prepare_copy(corpus, workdir, edits)
+    home = workdir / "home"
+    if instance_config is not None:
+        (home / "dagster").mkdir(parents=True)  # policyfresh keeps a dagster.yaml it did not write
+        shutil.copyfile(instance_config, home / "dagster" / "dagster.yaml")
+    env = pipeline_env(home, policies, golden)
+    build_seconds, summary = build(env, workdir / "build.log")
+    port, service_port = free_port(), free_port()
+    log = workdir / "dev.log"
+    started = time.time()
+    process = start_dev(env, port, service_port, log)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            wait_until_ready(client, process, log, started)
+            ready_seconds = time.time() - started
+            served = [
+                served_edit(client, env, service_port, policies, edit, timeout) for edit in edits
+            ]
+            cli = cli_run_seconds(env, policies, cli_edit) if cli_edit else None
+    except BaseException:
+        print(f"dev server log ({log}), last lines:\n{tail(log)}", file=sys.stderr)
+        raise
+    finally:
+        stop_dev(process)
+    to_served = [edit["seconds_since_edit"]["served"] for edit in served]
+    return {
+        "date": date,
+        "machine": where,
+        "corpus": str(corpus),
+        "golden": str(golden),
+        "documents": sum(summary["documents"][k] for k in ("added", "changed", "unchanged")),
+        "initial_build_seconds": round(build_seconds, 1),
+        "initial_build": {
+            "chunks": summary["chunks"]["inserted"],
+            "embedded": summary["vectors"]["embedded"],
+            "eval": summary["eval"] and summary["eval"]["verdict"],
+            "release": summary["release"]["served"],
+        },
+        "dev_ready_seconds": round(ready_seconds, 1),
+        "dev_pid": process.pid,
+        "sensor_interval_seconds": SENSOR_INTERVAL_SECONDS,
+        "edits": served,
+        "served_seconds_p50": round(statistics.median(to_served), 2),
+        "served_seconds_max": round(max(to_served), 2),
+        "cli_run_with_daemon_up": cli,
+    }
+
+
 def report(figures: dict[str, Any]) -> str:
-    """A few lines for people: each stage's seconds since the edit and what dominates."""
+    """A few lines for people: per edit, each stage's seconds since the save and what
+    dominates; then p50 and max of save-to-served."""
     lines = [f"initial build: {figures['initial_build_seconds']} s"]
-    for stage, at in figures["seconds_since_edit"].items():
-        spent = figures["stage_seconds"][stage]
-        what = INTERVALS[stage]
-        lines.append(f"  {stage:<12} {at:7.2f} s after the edit  (+{spent:6.2f} s: {what})")
-    dominant = figures["dominant_stage"]
-    share = figures["stage_seconds"][dominant] / figures["seconds_since_edit"]["served"]
-    lines.append(f"dominant: {dominant} ({figures['dominant_stage_is']}), {share:.0%} of the total")
+    for edit in figures["edits"]:
+        lines.append(f"edit of {edit['edit']['path']} ({edit['edit']['source']}):")
+        for stage, at in edit["seconds_since_edit"].items():
+            spent = edit["stage_seconds"][stage]
+            what = INTERVALS[stage]
+            lines.append(f"  {stage:<12} {at:7.2f} s after the edit  (+{spent:6.2f} s: {what})")
+        dominant = edit["dominant_stage"]
+        share = edit["stage_seconds"][dominant] / edit["seconds_since_edit"]["served"]
+        lines.append(f"  dominant: {dominant} ({edit['dominant_stage_is']}), {share:.0%}")
+    p50, top, count = (figures[k] for k in ("served_seconds_p50", "served_seconds_max", "edits"))
+    lines.append(f"save to served: p50 {p50} s, max {top} s over {len(count)} edits")
+    if figures["cli_run_with_daemon_up"]:
+        lines.append(f"policyfresh run, one edit, daemon up: "
+                     f"{figures['cli_run_with_daemon_up']['seconds']} s")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -681,6 +739,7 @@ def main() -> int:
     parser.add_argument("--golden", type=Path, help="default: the corpus's golden cases")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds, edit to served")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--edits", type=int, default=5, help="edits saved one after another")
     parser.add_argument(
         "--instance-config", type=Path, help="a dagster.yaml, e.g. deploy/dagster.yaml"
     )
@@ -688,16 +747,17 @@ def main() -> int:
     golden = args.golden or default_golden(args.corpus)
     workdir = Path(tempfile.mkdtemp(prefix="policyfresh-edit-to-served-"))
     try:
+        edits = choose_edits(args.corpus, args.edits + 1)
         figures = measure(
-            args.corpus, golden, workdir, args.timeout, instance_config=args.instance_config
-        )
+            args.corpus, golden, workdir, args.timeout, edits[:-1],
+            instance_config=args.instance_config, cli_edit=edits[-1],
+        )  # fmt: skip
     except BenchmarkError as exc:
         print(f"edit_to_served: error: {exc}\n(work folder kept: {workdir})", file=sys.stderr)
         return 1
     shutil.rmtree(workdir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
-    print(json.dumps(figures, indent=2))
     print(report(figures))
     print(f"saved {args.out}")
     return 0

@@ -224,10 +224,7 @@ def prepare(corpus: Path, workdir: Path) -> tuple[Path, list[Any]]:
     before the edit; the policies folder and the recorded edits."""
     lines = (corpus / "changes" / "changes.jsonl").read_text(encoding="utf-8").splitlines()
     edits = [dev.recorded_edit(corpus, json.loads(line)) for line in lines]
-    policies = dev.prepare_copy(corpus, workdir, edits[0])
-    for edit in edits[1:]:
-        (policies / edit.path).write_text(edit.before, encoding="utf-8")
-    return policies, edits
+    return dev.prepare_copy(corpus, workdir, edits), edits
 
 
 def start_serve(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
