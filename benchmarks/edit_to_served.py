@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -91,6 +92,7 @@ STOP_GRACE_SECONDS = 20
 POLL_SECONDS = 1.0
 LOG_TAIL_LINES = 40
 SERVICE_KEY = "edit-to-served-benchmark-key"  # the search service started beside the UI
+PEAK_RSS = re.compile(r"peak resident memory (\d+) MiB")  # written by a warm run child
 
 RUNS_QUERY = """
 query Runs($filter: RunsFilter) {
@@ -612,6 +614,9 @@ def served_edit(
         "run_tags": {tag["key"]: tag["value"] for tag in run["tags"]},
         "launched_by_warm_worker": any(
             "Launched by the warm run worker" in (e.get("message") or "") for e in events
+        ),
+        "run_child_peak_rss_mib": next(
+            (int(m[1]) for e in events if (m := PEAK_RSS.search(e.get("message") or ""))), None
         ),
         "release_before": before["release"],
         "release_after": result["release"],
