@@ -6,7 +6,9 @@ second instead of paying the imports. Started (and restarted) by `policyfresh de
 
 A child is an ordinary run process: it executes the run as `dagster api execute_run` does, its
 crash or leak ends with it, and it dies with the worker (the run then fails, by run monitoring).
-Models load in the child, after the fork: the worker holds imports, no threads and no weights.
+The worker also loads the embedding model and the PII detector before it forks: loading their
+weights starts no thread, so every child inherits them ready, and encodes exactly as a new
+process would (tests/orchestration/test_warm_worker.py compares the vectors).
 """
 
 from __future__ import annotations
@@ -62,11 +64,22 @@ def resident_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def serve(dagster_home: Path) -> None:
-    """Import what runs need, then answer requests on the instance's socket until stopped."""
-    started = time.perf_counter()
+def preload() -> None:
+    """Import what runs need and load the default model and the PII detector, before any fork
+    and without running them (so no thread pool exists yet to be lost in a child)."""
     for module in PREIMPORTS:
         importlib.import_module(module)
+    from policyfresh.index.embedding import Embedder
+    from policyfresh.ingest.pii import load_detector
+
+    Embedder().load()
+    load_detector()
+
+
+def serve(dagster_home: Path) -> None:
+    """Preload, then answer requests on the instance's socket until stopped."""
+    started = time.perf_counter()
+    preload()
     path = socket_path(dagster_home)
     path.unlink(missing_ok=True)  # a worker that died left its socket file behind
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -50,6 +50,11 @@ class PiiSpan:
     end: int
 
 
+def load_detector() -> None:
+    """Load the detector now, once per process: a warm process keeps it for the runs it forks."""
+    _analyzer()
+
+
 @cache
 def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is slow to import
     """Pattern recognizers with checksums and spaCy NER for names; any that cannot load is

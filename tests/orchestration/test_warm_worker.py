@@ -1,6 +1,7 @@
 """The warm run worker under `policyfresh dev`: runs launched from the UI's API fork from it and
 are ordinary Dagster runs (events, materializations, termination); a killed worker fails its run
-and is started again; `policyfresh run` hands its run to it and imports nothing heavy itself.
+and is started again; `policyfresh run` hands its run to it and imports nothing heavy itself. A
+child forked after the worker's preload embeds and detects PII exactly as a new process does.
 
 One `policyfresh dev` (webserver, daemon, worker and search service on free ports of 127.0.0.1,
 its own process group, stopped by it) serves the tests of this module, in order.
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from orchestration.warm_socket import ask, socket_path
+from policyfresh.ingest.pii import detect_pii
 from tests.conftest import BUNDLED, BUNDLED_GOLDEN, REPO, SMALL, keep_only, load_benchmark
 
 pytestmark = pytest.mark.xdist_group("policyfresh-dev")
@@ -55,6 +58,26 @@ query Messages($runId: ID!) {
     ... on EventConnection { events { __typename ... on MessageEvent { message } } }
   }
 }"""
+
+# Preloads as the worker does, forks, and prints what the child computes.
+FORKED = """
+import json, os, sys
+from orchestration.warm_worker import preload
+from policyfresh.index.embedding import Embedder
+from policyfresh.ingest.pii import detect_pii
+
+preload()
+texts = json.loads(sys.argv[1])
+read, write = os.pipe()
+if os.fork() == 0:
+    vectors = Embedder().encode(texts).tolist()
+    spans = [[s.entity_type, s.start, s.end] for s in detect_pii(texts[-1])]
+    os.write(write, json.dumps({"vectors": vectors, "spans": spans}).encode())
+    os._exit(0)
+os.close(write)
+with os.fdopen(read) as answer:
+    print(answer.read())
+"""
 
 
 class Dev:
@@ -178,3 +201,20 @@ def test_policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(d
     assert summary["checks"]["regression_eval:release_gate"] == "passed"
     (run,) = dev.bench.runs(dev.client, runIds=[summary["run_id"]])
     assert {"key": "policyfresh/trigger", "value": "cli"} in run["tags"], "a run of the instance"
+
+
+def test_a_child_forked_after_the_preload_embeds_and_detects_as_a_new_process(embedder):
+    texts = [
+        "What is the overdraft fee per item?",
+        "Annual leave carries over up to 240 hours.",
+        "Send requests to Maria Okafor, maria.okafor@northwind-bank.com, 555-201-3344.",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED, json.dumps(texts)], cwd=REPO, capture_output=True,
+        text=True, timeout=RUN_TIMEOUT_SECONDS, env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    child = json.loads(done.stdout)
+    assert np.array_equal(np.array(child["vectors"], dtype=np.float32), embedder.encode(texts))
+    spans = [[s.entity_type, s.start, s.end] for s in detect_pii(texts[-1])]
+    assert child["spans"] == spans and {"PERSON", "EMAIL_ADDRESS"} <= {k for k, _, _ in spans}
