@@ -1,6 +1,7 @@
 """The regression evaluation and the releases it gates, on the real model and real tables."""
 
 import threading
+from dataclasses import replace
 
 import polars as pl
 import pytest
@@ -13,6 +14,7 @@ from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import read_audit, read_releases, release_status, rollback
 from policyfresh.serve.search import search
 from policyfresh.store.config import Settings
+from policyfresh.store.local_state import read_state
 from policyfresh.store.tables import EVAL_RUNS, RETRIEVAL_TRACES
 from tests.conftest import HashEmbedder
 
@@ -253,3 +255,28 @@ def test_without_a_judge_no_score_is_invented(gated, embedder):
     assert built["eval"]["judge"] == "not configured"
     cases = read_case_results(gated, built["eval"]["eval_run_id"])
     assert cases["judge_score"].null_count() == cases.height
+
+
+def test_pii_in_hits_is_found_once_per_text_and_again_for_another_detector(
+    small_settings, monkeypatch
+):
+    """The evaluation's PII check keeps its findings by text hash under the home: the next
+    evaluation scans only new texts, and a new detector scans everything again."""
+    from policyfresh.quality import evaluation
+
+    leaky, clean = "Call 555-201-3344 or write to maria.okafor@northwind-bank.com.", "No data."
+    allowed = replace(small_settings, pii_rules={"internal": "allow"})
+    first = evaluation._PiiCheck(allowed)
+    assert first(leaky, "public") and not first(clean, "public")
+    assert not first(leaky, "internal"), "a classification whose rule allows PII"
+    first.save()
+    assert leaky not in read_state(allowed, first.STATE), "only hashes are kept"
+
+    scanned = []
+    detect = evaluation.detect_pii
+    monkeypatch.setattr(evaluation, "detect_pii", lambda text: scanned.append(text) or detect(text))
+    again = evaluation._PiiCheck(allowed)
+    assert again(leaky, "public") and not again(clean, "public") and not again("New.", "public")
+    assert scanned == ["New."]
+    monkeypatch.setattr(evaluation, "detector_id", lambda: "another-detector")
+    assert evaluation._PiiCheck(allowed)(leaky, "public") and scanned == ["New.", leaky]

@@ -4,6 +4,8 @@ and `eval_case_results` and diffed with the previous run."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import polars as pl
 from policyfresh.index.embedding import Embedder
 from policyfresh.index.vectors import open_vectors
 from policyfresh.ingest.documents import read_documents
-from policyfresh.ingest.pii import NER_ENTITIES, detect_pii
+from policyfresh.ingest.pii import NER_ENTITIES, detect_pii, detector_id
 from policyfresh.quality.gate import compare, decide, metric_deltas, run_metrics
 from policyfresh.quality.golden import GoldenCase, GoldenSet, load_golden, normalize
 from policyfresh.quality.judge import NOT_CONFIGURED, Judge, JudgeError
@@ -29,6 +31,7 @@ from policyfresh.release.releases import (
 from policyfresh.serve.search import SearchResult, hit_records, search_many
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
+from policyfresh.store.local_state import read_state, write_state
 from policyfresh.store.sql import in_list
 from policyfresh.store.tables import EVAL_CASE_RESULTS, EVAL_RUNS, RETRIEVAL_TRACES, empty_frame
 
@@ -169,20 +172,33 @@ def _applicable(golden: GoldenSet, corpus: _Corpus, settings: Settings):
 
 
 class _PiiCheck:
-    """Raw PII in a hit that its classification's rule does not allow, cached per chunk. Only
-    what the pattern recognizers find counts: a name is found from its whole document's
-    context, and the same words cut out of it into a chunk may read as a name, or not."""
+    """Raw PII in a hit that its classification's rule does not allow. Only what the pattern
+    recognizers find counts: a name is found from its whole document's context, and the same
+    words cut out of it into a chunk may read as a name, or not. Findings are kept by text hash
+    under the home for the same detector, so an edit rescans only the texts it changed."""
+
+    STATE = "eval_pii_scan"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.detector = detector_id()
+        kept = json.loads(read_state(settings, self.STATE) or "{}")
+        self.known: dict[str, bool] = kept["found"] if kept.get("detector") == self.detector else {}
         self.seen: dict[str, bool] = {}
 
-    def __call__(self, chunk_id: str, text: str, classification: str) -> bool:
-        if chunk_id not in self.seen:
-            allowed = self.settings.pii_action(classification) == "allow"
-            found = [s for s in detect_pii(text) if s.entity_type not in NER_ENTITIES]
-            self.seen[chunk_id] = not allowed and bool(found)
-        return self.seen[chunk_id]
+    def __call__(self, text: str, classification: str) -> bool:
+        key = hashlib.sha256(text.encode()).hexdigest()
+        if key not in self.seen:
+            found = self.known.get(key)
+            if found is None:
+                found = any(s.entity_type not in NER_ENTITIES for s in detect_pii(text))
+            self.seen[key] = found
+        return self.seen[key] and self.settings.pii_action(classification) != "allow"
+
+    def save(self) -> None:
+        """Keep the findings of the texts this evaluation saw (no text, only hashes)."""
+        write_state(self.settings, self.STATE, json.dumps({"detector": self.detector,
+                                                            "found": self.seen}))  # fmt: skip
 
 
 def _traced(settings: Settings, caller: str) -> pl.DataFrame:
@@ -243,7 +259,7 @@ def _case_result(
     superseded = sum(
         (corpus.live(h.doc_id) or {}).get("doc_version") != h.doc_version for h in hits
     )
-    pii = sum(context["pii"](h.chunk_id, h.text or "", h.classification) for h in hits)
+    pii = sum(context["pii"](h.text or "", h.classification) for h in hits)
     stored = context["vectors"]
     answer = context["answers"].get(case.case_id)
     similarity = None
@@ -394,6 +410,7 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
         "judged": judged,
     }
     rows = [_case_result(c, r, context) for c, r in zip(cases, results, strict=True)]
+    context["pii"].save()
     frame = pl.DataFrame(rows, schema=empty_frame(EVAL_CASE_RESULTS).schema)
     metrics = run_metrics(frame, latencies) if rows else None
     baseline_cases = read_case_results(settings, baseline and baseline["eval_run_id"])

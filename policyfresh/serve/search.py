@@ -256,10 +256,13 @@ def answer_many(
     encoder.load()
     who = Caller(caller, frozenset(entitled))
     results, traces = [], []
-    for question in questions:
-        started = time.perf_counter()
-        vector = encoder.encode([question])[0]
-        result, trace = answer(index, question, vector, k, who, encoder.model_id, started)
+    started = time.perf_counter()
+    vectors = encoder.encode(questions)  # one batch: many times faster than one call each
+    share = (time.perf_counter() - started) / len(questions) if questions else 0.0
+    for question, vector in zip(questions, vectors, strict=True):
+        # Each latency counts its share of the batch's encoding and its own search.
+        began = time.perf_counter() - share
+        result, trace = answer(index, question, vector, k, who, encoder.model_id, began)
         results.append(result)
         traces.append(trace)
     return results, traces
