@@ -6,14 +6,16 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 from assets.documents import policy_documents
-from orchestration.resources import PolicyfreshResource
+from orchestration.resources import EmbedderResource, PolicyfreshResource
 from policyfresh.store.tables import INGEST_ERRORS, POLICY_DOCUMENTS
 
 
 def materialize(settings, instance):
     resource = PolicyfreshResource(home=str(settings.home), policies=str(settings.policies))
     result = dg.materialize(
-        [policy_documents], resources={"policyfresh": resource}, instance=instance
+        [policy_documents],
+        resources={"policyfresh": resource, "embedder": EmbedderResource()},
+        instance=instance,
     )
     assert result.success
     return {
