@@ -1,10 +1,12 @@
 """Search service benchmark on the 18F handbook: `policyfresh serve` under 1, 4 and 16 concurrent
 clients, the same while `policyfresh run` publishes a new release (no error, no response mixing two
 releases), and `policyfresh search` from a cold shell with and without the ONNX export, beside the
-in-process search latency. Prints a table and saves the figures.
+in-process search latency, and 16 honest clients while an attacker holds 200 slow sockets and
+floods with another key. Prints a table and saves the figures.
 
     .venv/bin/python benchmarks/serve.py [--seconds 30] [--clients 1,4,16]
         [--refresh-clients 16] [--refresh-timeout 900] [--out benchmarks/results/serve.json]
+        [--attack-seconds 300] [--attack-only]
 
 It copies the corpus's pages to a temporary folder (the recorded edits' pages as they were
 before), builds them once with `policyfresh run`, starts `policyfresh serve` on a free port of
@@ -14,6 +16,13 @@ request itself. Under load, one recorded edit is saved and `policyfresh run` pub
 goes on until the run has finished and `/health` has shown the new release for a few seconds.
 The server is always stopped by its own process group. Then `policyfresh search` is timed as a new
 process, as a person types it.
+
+Under attack: 16 honest clients (a key with a high rate of its own) search for `--attack-seconds`
+without an attack, then as long again while another process holds 200 slow sockets (a header
+byte a second each, reopened when the server cuts one) and floods `/search` from 8 threads with a
+key at the default rate. The honest p50/p95 of both runs, the attacker's answers by status, the
+sockets the server cut, and the server's RSS every 10 s. `--attack-only` skips the other
+measurements and saves to `benchmarks/results/serve_attack.json`.
 """
 
 from __future__ import annotations
@@ -23,8 +32,11 @@ import contextlib
 import csv
 import importlib.util
 import json
+import multiprocessing
 import secrets
+import select
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +77,7 @@ timed = load_benchmark("refresh").timed
 
 REPO = dev.REPO
 DEFAULT_OUT = REPO / "benchmarks" / "results" / "serve.json"
+ATTACK_OUT = REPO / "benchmarks" / "results" / "serve_attack.json"
 REFRESH_EDIT = "18f-advanced-annual-leave"  # the edit `edit_to_served` times too
 CLIENT_LEVELS = (1, 4, 16)
 K = 5
@@ -77,6 +90,12 @@ POLL_SECONDS = 0.2
 COLD_RUNS = 5
 SEARCH_TIMEOUT_SECONDS = 600.0
 WATCHED_MODULES = ("torch", "sentence_transformers", "transformers", "onnxruntime", "dagster")
+HONEST_CLIENTS = 16
+HONEST_GRANT = {"rate": 1000, "burst": 1000}  # an application with many users: never limited
+SLOW_SOCKETS = 200
+FLOOD_THREADS = 8
+RSS_EVERY_SECONDS = 10.0
+ALL_CLASSIFICATIONS = ["public", "internal", "confidential", "restricted"]
 
 
 @dataclass
@@ -502,9 +521,12 @@ def measure(
     levels: list[int],
     refresh_clients: int,
     refresh_timeout: float,
+    attack_seconds: float,
+    attack_only: bool,
 ) -> dict[str, Any]:
-    """Build the corpus, serve it under load and through a refresh, then time the command line
-    and the in-process search; the figures. The server is stopped whatever happens."""
+    """Build the corpus, serve it under load, through a refresh and under attack, then time the
+    command line and the in-process search (all but the attack skipped with `attack_only`);
+    the figures. The server is stopped whatever happens."""
     date = datetime.now(tz=UTC).isoformat(timespec="seconds")
     where = dev.machine()  # before anything starts: the load others put on the machine
     questions = golden_questions(golden)
@@ -516,9 +538,12 @@ def measure(
     settings = Settings.load(home=home, policies=policies, golden=golden)
     exported = (encoder_dir(settings, Embedder().model_id) / VERIFIED_FILE).exists()
 
-    key = secrets.token_urlsafe(24)
-    classifications = ["public", "internal", "confidential", "restricted"]
-    serve_env = env | {"POLICYFRESH_API_KEYS": json.dumps({key: classifications})}
+    key, attacker = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    grants = {
+        key: {"classifications": ALL_CLASSIFICATIONS} | HONEST_GRANT,
+        attacker: ALL_CLASSIFICATIONS,  # the service's default rate
+    }
+    serve_env = env | {"POLICYFRESH_API_KEYS": json.dumps(grants)}
     port = dev.free_port()
     url = f"http://127.0.0.1:{port}"
     log = workdir / "serve.log"
@@ -526,21 +551,22 @@ def measure(
     try:
         with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
             first_health, ready_seconds = wait_healthy(client, process, log)
-        load = levels_under_load(url, key, questions, levels, seconds)
-        refresh = refresh_under_load(
-            url, key, questions, refresh_clients, env, policies, edit,
-            workdir / "refresh.log", refresh_timeout,
-        )  # fmt: skip
+        rss_at_start = server_rss(process.pid)
+        attacked = under_attack(url, key, attacker, questions, attack_seconds, process.pid)
+        if not attack_only:
+            load = levels_under_load(url, key, questions, levels, seconds)
+            refresh = refresh_under_load(
+                url, key, questions, refresh_clients, env, policies, edit,
+                workdir / "refresh.log", refresh_timeout,
+            )  # fmt: skip
     except BaseException:
         print(f"server log ({log}), last lines:\n{dev.tail(log)}", file=sys.stderr)
         raise
     finally:
         dev.stop_dev(process)
     problems = server_log_problems(log)
-
-    cold = cold_start(env, edit.question, workdir / "empty-model-cache")
-    local = in_process(settings, questions)
-    return {
+    attacked["server_rss_mb"]["at_start"] = round(rss_at_start / 2**20, 1)
+    figures = {
         "date": date,
         "machine": where,
         "corpus": str(corpus),
@@ -563,11 +589,137 @@ def measure(
             "process_group_gone": not dev.group_alive(process.pid),
         },
         "client": "one thread and one httpx.Client per client, in one process beside the server",
+        "under_attack": attacked,
+    }
+    if attack_only:
+        return figures
+    return figures | {
         "seconds_per_level": seconds,
         "load": load,
         "refresh_under_load": refresh,
-        "cold_start": cold,
-        "in_process_search": local,
+        "cold_start": cold_start(env, edit.question, workdir / "empty-model-cache"),
+        "in_process_search": in_process(settings, questions),
+    }
+
+
+def server_rss(pid: int) -> int:
+    """The resident memory of process `pid`, in bytes (Linux)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+def hold_slow_sockets(port: int, count: int, stop: threading.Event) -> dict[str, int]:
+    """Keep `count` connections open, sending one byte of a request's headers a second on each
+    and never finishing; one the server closes is opened again. How many were opened and cut."""
+    head = b"POST /search HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"x" * 4096
+    sockets: dict[socket.socket, int] = {}
+    opened = cut = failed = 0
+    while not stop.is_set():
+        while len(sockets) < count:
+            try:
+                sockets[socket.create_connection(("127.0.0.1", port), timeout=5)] = 0
+                opened += 1
+            except OSError:
+                failed += 1
+                break
+        readable = select.select(list(sockets), [], [], 0)[0]
+        for sock in list(sockets):
+            try:
+                if sock in readable and not sock.recv(65536):
+                    raise ConnectionResetError
+                sock.send(head[sockets[sock] : sockets[sock] + 1])
+                sockets[sock] = (sockets[sock] + 1) % len(head)
+            except OSError:
+                cut += 1
+                sock.close()
+                del sockets[sock]
+        stop.wait(1.0)
+    for sock in sockets:
+        sock.close()
+    return {"opened": opened, "cut_by_server": cut, "connect_failures": failed}
+
+
+def flood(url: str, key: str, questions: list[str], stop: threading.Event) -> Counter[str]:
+    """POST questions with `key` as fast as one connection can; the answers by status."""
+    codes: Counter[str] = Counter()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+        turn = 0
+        while not stop.is_set():
+            body = {"question": questions[turn % len(questions)], "k": K, "caller": "flood"}
+            turn += 1
+            try:
+                codes[str(c.post("/search", json=body).status_code)] += 1
+            except httpx.HTTPError as exc:
+                codes[type(exc).__name__] += 1
+    return codes
+
+
+def attack(url: str, key: str, questions: list[str], seconds: float, out: Any) -> None:
+    """The attacker, in a process of its own (so that it takes no time from the honest
+    clients' threads): slow sockets and a flood for `seconds`; its figures go to `out`."""
+    stop = threading.Event()
+    port = int(url.rsplit(":", 1)[1])
+    with ThreadPoolExecutor(FLOOD_THREADS + 1) as pool:
+        holder = pool.submit(hold_slow_sockets, port, SLOW_SOCKETS, stop)
+        floods = [pool.submit(flood, url, key, questions, stop) for _ in range(FLOOD_THREADS)]
+        time.sleep(seconds)
+        stop.set()
+        codes = sum((f.result() for f in floods), Counter())
+        out.put({"flood": dict(codes), "flood_requests": sum(codes.values()),
+                 "slow_sockets": holder.result()})  # fmt: skip
+
+
+def under_attack(
+    url: str, honest: str, attacker: str, questions: list[str], seconds: float, pid: int
+) -> dict[str, Any]:
+    """16 honest clients for `seconds` alone, then as long again under attack; the server's
+    RSS before, every `RSS_EVERY_SECONDS` during, and after."""
+    quiet = Load(url, honest, questions, HONEST_CLIENTS)
+    quiet.start(seconds)
+    baseline = summarize(quiet.wait(), quiet.ended - quiet.started)
+    rss_before = server_rss(pid)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    attacker_process = context.Process(
+        target=attack, args=(url, attacker, questions, seconds, results)
+    )
+    attacker_process.start()
+    load = Load(url, honest, questions, HONEST_CLIENTS)
+    load.start(seconds)
+    started = time.monotonic()
+    rss: list[dict[str, float]] = []
+    health_ms: list[float | None] = []  # None: /health did not answer 200
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+        while time.monotonic() - started < seconds:
+            asked = time.monotonic()
+            healthy = health(client) is not None
+            health_ms.append((time.monotonic() - asked) * 1000 if healthy else None)
+            rss.append({"second": round(asked - started), "rss_mb": server_rss(pid) / 2**20})
+            time.sleep(max(0.0, RSS_EVERY_SECONDS - (time.monotonic() - asked)))
+    attacked = summarize(load.wait(), load.ended - load.started)
+    attacker_figures = results.get(timeout=REQUEST_TIMEOUT_SECONDS + seconds)
+    attacker_process.join(timeout=60)
+    rss_after = server_rss(pid)
+    attacked_p95, quiet_p95 = attacked["p95_ms"], baseline["p95_ms"]
+    return {
+        "seconds_each": seconds,
+        "honest_clients": HONEST_CLIENTS,
+        "without_attack": baseline,
+        "under_attack": attacked,
+        "p50_ratio": round(attacked["p50_ms"] / baseline["p50_ms"], 2),
+        "p95_ratio": round(attacked_p95 / quiet_p95, 2) if attacked_p95 and quiet_p95 else None,
+        "attacker": attacker_figures
+        | {"slow_sockets_held": SLOW_SOCKETS, "flood_threads": FLOOD_THREADS},
+        "health_during_attack": {
+            "asked": len(health_ms),
+            "answered": len(answered := [ms for ms in health_ms if ms is not None]),
+            "max_ms": round(max(answered), 1) if answered else None,
+        },
+        "server_rss_mb": {
+            "before_attack": round(rss_before / 2**20, 1),
+            "after_attack": round(rss_after / 2**20, 1),
+            "during": [{**r, "rss_mb": round(r["rss_mb"], 1)} for r in rss],
+        },
     }
 
 
@@ -575,11 +727,38 @@ def cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+def attack_report(attacked: dict[str, Any]) -> list[str]:
+    """Lines for people: the honest clients with and without the attack, the attacker, RSS."""
+    quiet, loud, rss = (
+        attacked["without_attack"],
+        attacked["under_attack"],
+        attacked["server_rss_mb"],
+    )
+    during = [r["rss_mb"] for r in rss["during"]]
+    return [
+        f"{attacked['honest_clients']} honest clients, {attacked['seconds_each']:g} s each",
+        f"  without attack: p50 {quiet['p50_ms']} ms, p95 {quiet['p95_ms']} ms, "
+        f"{quiet['requests_per_second']} req/s, codes {quiet['status_codes']}",
+        f"  under attack:   p50 {loud['p50_ms']} ms, p95 {loud['p95_ms']} ms, "
+        f"{loud['requests_per_second']} req/s, codes {loud['status_codes']}",
+        f"  p50 x{attacked['p50_ratio']}, p95 x{attacked['p95_ratio']} (target: p95 within 1.5x)",
+        f"  attacker: flood {attacked['attacker']['flood']}, slow sockets "
+        f"{attacked['attacker']['slow_sockets']}; /health {attacked['health_during_attack']}",
+        f"  server RSS MB: start {rss['at_start']}, before attack {rss['before_attack']}, "
+        f"during {min(during, default=None)}-{max(during, default=None)}, "
+        f"after {rss['after_attack']}",
+    ]
+
+
 def report(figures: dict[str, Any]) -> str:
-    """A table for people: each load, the refresh under load, the cold starts."""
+    """A table for people: each load, the refresh under load, the cold starts, the attack."""
+    lines = [f"initial build: {figures['initial_build_seconds']} s", "", "under attack"]
+    lines += attack_report(figures["under_attack"])
+    if "load" not in figures:  # --attack-only
+        return "\n".join(lines)
     head = f"{'clients':>8} {'requests':>9} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
     head += f"{'p99 ms':>8} {'errors':>7} {'mixed':>6}"
-    lines = [f"initial build: {figures['initial_build_seconds']} s", "", "load", head]
+    lines += ["", "load", head]
 
     def row(label: str, f: dict[str, Any]) -> str:
         widths = {"requests": 9, "requests_per_second": 7, "p50_ms": 8, "p95_ms": 8, "p99_ms": 8}
@@ -628,23 +807,35 @@ def main() -> int:
     parser.add_argument("--clients", type=client_levels, default=list(CLIENT_LEVELS))
     parser.add_argument("--refresh-clients", type=int, default=16)
     parser.add_argument("--refresh-timeout", type=float, default=900.0, help="seconds")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, help=f"default {DEFAULT_OUT} ({ATTACK_OUT} alone)")
+    parser.add_argument(
+        "--attack-seconds",
+        type=float,
+        default=300.0,
+        help="the honest clients' run without and then with the attack, each",
+    )
+    parser.add_argument(
+        "--attack-only",
+        action="store_true",
+        help="measure only the honest clients with and without the attack",
+    )
     args = parser.parse_args()
+    out = args.out or (ATTACK_OUT if args.attack_only else DEFAULT_OUT)
     workdir = Path(tempfile.mkdtemp(prefix="policyfresh-serve-"))
     try:
         figures = measure(
             args.corpus.resolve(), args.golden.resolve(), workdir, args.seconds, args.clients,
-            args.refresh_clients, args.refresh_timeout,
+            args.refresh_clients, args.refresh_timeout, args.attack_seconds, args.attack_only,
         )  # fmt: skip
     except dev.BenchmarkError as exc:
         print(f"serve: error: {exc}\n(work folder kept: {workdir})", file=sys.stderr)
         return 1
     shutil.rmtree(workdir)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print(json.dumps(figures, indent=2, default=str))
     print(report(figures))
-    print(f"saved {args.out}")
+    print(f"saved {out}")
     return 0
 
 

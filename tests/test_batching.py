@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from policyfresh.serve.batching import Batcher
+from policyfresh.serve.batching import Batcher, Busy
 
 
 def run_with_worker(batcher: Batcher, body):
@@ -31,7 +31,7 @@ def test_concurrent_submissions_share_calls_and_each_gets_its_own_result():
         finally:
             busy.release()
 
-    batcher = Batcher(square, max_batch=8)
+    batcher = Batcher(square, max_batch=8, max_waiting=20)
 
     async def many():
         return await asyncio.gather(*(batcher.submit(i) for i in range(20)))
@@ -47,7 +47,7 @@ def test_a_failed_batch_fails_its_waiters_and_the_next_batch_still_runs():
             raise ValueError("cannot encode")
         return [i.upper() for i in items]
 
-    batcher = Batcher(work, max_batch=1)
+    batcher = Batcher(work, max_batch=1, max_waiting=1)
 
     async def body():
         with pytest.raises(ValueError, match="cannot encode"):
@@ -55,3 +55,26 @@ def test_a_failed_batch_fails_its_waiters_and_the_next_batch_still_runs():
         return await batcher.submit("good")
 
     assert run_with_worker(batcher, body) == "GOOD"
+
+
+def test_past_max_waiting_a_submission_is_refused_at_once_never_queued():
+    started, release = threading.Event(), threading.Event()
+
+    def slow(items: list[int]) -> list[int]:
+        started.set()
+        release.wait(timeout=60)
+        return items
+
+    batcher = Batcher(slow, max_batch=1, max_waiting=2)
+
+    async def body():
+        first = asyncio.ensure_future(batcher.submit(0))
+        assert await asyncio.to_thread(started.wait, 60)  # the first is taken: worked on
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(Busy):
+            await batcher.submit(3)
+        release.set()
+        return await asyncio.gather(first, *waiting)
+
+    assert run_with_worker(batcher, body) == [0, 1, 2]

@@ -29,7 +29,7 @@ from policyfresh.quality.pipeline import refresh
 from policyfresh.quality.reports import build_reports
 from policyfresh.release.purge import ERASED, purge_document
 from policyfresh.release.releases import rollback, served_release
-from policyfresh.serve.api_keys import ApiKeys, key_id
+from policyfresh.serve.api_keys import parse_api_keys
 from policyfresh.serve.impact import (
     Impact,
     Publication,
@@ -540,8 +540,9 @@ def test_a_notice_that_keeps_failing_is_reported_and_blocks_nothing(copied, webh
 
 
 def test_each_key_sees_only_its_own_affected_answers(story, copied, embedder, model_cache):
-    keys = ApiKeys({KEY_A: frozenset(CLASSIFICATIONS), KEY_B: frozenset(CLASSIFICATIONS)}, "t")
     settings = replace(copied, model_cache_dir=model_cache)
+    grants = {KEY_A: list(CLASSIFICATIONS), KEY_B: list(CLASSIFICATIONS)}
+    keys = parse_api_keys(settings, json.dumps(grants), "t")
     question = story.targeted["leave_new"].hits[0].text  # the new leave text, served now
     served = publications(settings)[-1].release
     with running(create_app(settings, embedder, keys)) as url, httpx.Client(base_url=url) as http:
@@ -560,7 +561,7 @@ def test_each_key_sees_only_its_own_affected_answers(story, copied, embedder, mo
             assert response.status_code == 200
             listed = {a["trace_id"] for a in response.json()["answers"]}
             assert listed == {asked[key]} and asked[other] not in response.text
-            assert {a["api_key_id"] for a in response.json()["answers"]} == {key_id(key)}
+            assert {a["api_key_id"] for a in response.json()["answers"]} == {keys.grant(key).key_id}
         assert http.get("/impact", params={"since": served}).status_code == 401
         bad = http.get("/impact", params={"since": "last tuesday"}, headers=bearer(KEY_A))
         assert bad.status_code == 422

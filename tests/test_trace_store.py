@@ -6,7 +6,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from policyfresh.serve.trace_store import prune_traces, read_traces, trace_secret, write_traces
+from policyfresh.serve.trace_store import (
+    MAX_CALLER,
+    prune_traces,
+    read_traces,
+    trace_secret,
+    write_traces,
+)
 from policyfresh.store.config import Settings
 from policyfresh.store.tables import RETRIEVAL_TRACES
 
@@ -44,6 +50,14 @@ def test_the_stored_question_is_redacted_and_its_hash_keyed(settings):
     assert first["question_sha256"] == second["question_sha256"]  # the same question groups
     assert first["question_sha256"] != hashlib.sha256(QUESTION.encode()).hexdigest()
     assert stat.S_IMODE(trace_secret(settings).stat().st_mode) == 0o600
+
+
+def test_the_stored_caller_is_redacted_then_capped(settings):
+    long = f"agent-for {EMAIL} " + "x" * 200
+    write_traces(settings, [trace(QUESTION) | {"caller": long}], run_id="t")
+    [stored] = read_traces(settings)["caller"].to_list()
+    assert stored.startswith("agent-for <EMAIL_ADDRESS> x") and len(stored) == MAX_CALLER
+    assert EMAIL.encode() not in stored_bytes(settings)
 
 
 def test_another_home_hashes_the_same_question_differently(settings, tmp_path):

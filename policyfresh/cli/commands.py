@@ -409,6 +409,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from policyfresh.serve.api_keys import load_api_keys
+    from policyfresh.serve.limits import server_config
     from policyfresh.serve.service import create_app
 
     keys = load_api_keys(settings)
@@ -416,5 +417,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"policyfresh search service for {settings.vectors_uri}: {len(keys.grants)} API keys "
           f"from {keys.source}; schema at http://{args.host}:{args.port}/openapi.json",
           file=sys.stderr)  # fmt: skip
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    config = server_config(app, settings.service, host=args.host, port=args.port,
+                           log_level="info", access_log=False)  # fmt: skip
+    uvicorn.Server(config).run()
     return 0

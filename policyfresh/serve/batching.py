@@ -11,18 +11,29 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class Busy(Exception):
+    """As many items wait as the batcher may hold: the caller should come back a moment later
+    rather than wait without bound."""
+
+
 class Batcher(Generic[T, R]):
     """`submit` one item and await its result; `run` (one task) calls `work` on whatever is
-    waiting, up to `max_batch` items, in a worker thread, one call at a time."""
+    waiting, up to `max_batch` items, in a worker thread, one call at a time. At most
+    `max_waiting` items wait: one more is refused with `Busy`."""
 
-    def __init__(self, work: Callable[[list[T]], list[R]], max_batch: int) -> None:
+    def __init__(
+        self, work: Callable[[list[T]], list[R]], max_batch: int, max_waiting: int
+    ) -> None:
         self._work = work
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue(max_waiting)
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
+        try:
+            self._queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise Busy from None
         return await future
 
     async def run(self) -> None:

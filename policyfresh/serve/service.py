@@ -1,12 +1,15 @@
 """The search service on Starlette: `POST /search` with receipts, `GET /health`,
 `GET /traces/{id}`, `GET /impact` (the key's own answers that a publication made wrong). The
 model stays loaded, the served release is re-read when its tag moves, and a caller reads only
-its own receipts and the classifications its API key grants."""
+its own receipts and the classifications its API key grants. Every limit (`limits`) answers
+plainly and no answer echoes the input or names a path or a table."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import re
 import threading
 import time
 import traceback
@@ -17,12 +20,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import polars as pl
+from anyio import CapacityLimiter, to_thread
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,9 +35,17 @@ from policyfresh.index.embedding import Embedder
 from policyfresh.index.vectors import vectors_dataset
 from policyfresh.ingest.pii import detect_pii
 from policyfresh.release.releases import read_releases, served_release
-from policyfresh.serve.api_keys import ApiKeys, key_id
-from policyfresh.serve.batching import Batcher
+from policyfresh.serve.api_keys import ApiKeys
+from policyfresh.serve.batching import Batcher, Busy
 from policyfresh.serve.impact import ImpactError, impact, parse_since
+from policyfresh.serve.limits import (
+    RETRY_AFTER_BUSY,
+    BodyTooLargeError,
+    RequestLimits,
+    TokenBucket,
+    read_body,
+    retry_after,
+)
 from policyfresh.serve.query_encoder import prepared_encoder
 from policyfresh.serve.search import (
     Caller,
@@ -44,7 +56,7 @@ from policyfresh.serve.search import (
     answer,
     open_index,
 )
-from policyfresh.serve.trace_store import write_traces
+from policyfresh.serve.trace_store import MAX_CALLER, write_traces
 from policyfresh.serve.traces import TraceNotFoundError, explain_trace
 from policyfresh.store.config import Settings
 
@@ -55,6 +67,16 @@ ENCODE_BATCH = 32
 TRACE_BATCH = 256
 MAX_K = 50
 IMPACT_TEXTS = (("old_text", "classification"), ("new_text", "new_classification"))
+TRACE_ID = re.compile(r"[0-9a-f]{32}")
+HEALTH_THREADS = 2  # /health has its own threads: searches never make it wait for one
+# What an error says: fixed sentences, never the input, a path or a table.
+NO_RELEASE = "no release is published yet: run a refresh"
+OTHER_MODEL = "the published release needs another model: restart the service with it"
+NO_TRACE = "no such trace"
+NO_PUBLICATION = "no such publication"
+BUSY = "the service is busy; retry after a moment"
+TOO_LARGE = "the body is too large"
+TOO_MANY = "too many requests for this key"
 Question = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 
 
@@ -63,8 +85,8 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     question: Question
-    k: int = Field(5, ge=1, le=MAX_K, description="hits to return")
-    caller: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
+    k: int = Field(5, ge=1, le=MAX_K, strict=True, description="hits to return")
+    caller: Annotated[str, StringConstraints(min_length=1, max_length=MAX_CALLER)] = Field(
         "api", description="recorded in the trace: the application asking"
     )
 
@@ -129,21 +151,33 @@ def _error(code: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=code)
 
 
-def _caller(request: Request, keys: ApiKeys, name: str = "api") -> Caller:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    entitled = keys.entitlement(key.strip()) if scheme.lower() == "bearer" else None
-    if entitled is None:
-        raise HTTPException(
-            401, "a valid API key is required: Authorization: Bearer KEY",
-            headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
-    return Caller(name, entitled, key_id(key.strip()))
+class KeyGate:
+    """Who may call: a known key within its rate (a token bucket per key, made when the
+    service starts, so there is one per key and never more)."""
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+        self.buckets = {g.key_id: TokenBucket(g.rate, g.burst) for g in keys.grants.values()}
+
+    def admit(self, request: Request) -> Caller:
+        """The caller of a request with a valid key; 401 without one, 429 past its rate."""
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        grant = self.keys.grant(key.strip()) if scheme.lower() == "bearer" else None
+        if grant is None:
+            raise HTTPException(
+                401, "a valid API key is required: Authorization: Bearer KEY",
+                headers={"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        wait = self.buckets[grant.key_id].take()
+        if wait:
+            raise HTTPException(429, TOO_MANY, headers=retry_after(wait))
+        return Caller("api", grant.classifications, grant.key_id)
 
 
-async def _search_request(request: Request) -> SearchRequest:
+async def _search_request(request: Request, max_bytes: int) -> SearchRequest:
     try:
-        body = await request.json()
-    except ValueError:
+        body = json.loads(await read_body(request, max_bytes))
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         raise HTTPException(422, "the body must be a JSON object") from None
     try:
         return SearchRequest.model_validate(body)
@@ -157,7 +191,8 @@ async def _search_request(request: Request) -> SearchRequest:
 
 class Contained:
     """Turns an unexpected exception into a JSON 500 and logs only its type and place: its
-    message may quote a question, and letting it through would also drop the connection."""
+    message may quote a question, and letting it through would also drop the connection. A
+    client that hung up is no failure of the service: one line at INFO."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -172,6 +207,9 @@ class Contained:
 
         try:
             await self.app(scope, receive, sending)
+        except ClientDisconnect:
+            log.info("%s %s: the client hung up before its request arrived whole",
+                     scope["method"], scope["path"])  # fmt: skip
         except Exception as exc:
             if responded or scope["type"] != "http":
                 raise
@@ -190,15 +228,20 @@ class RequestInvalid(Exception):
 def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlette:
     """The service over the served release of `settings`, encoding questions with the ONNX
     export of `embedder` (exported at start-up if needed), or with `embedder` itself."""
+    limits = settings.service
     served = Served(settings, embedder.model_id)
+    gate = KeyGate(keys)
     model = prepared_encoder(settings, embedder)
-    encoder: Batcher[str, Any] = Batcher(lambda qs: list(model.encode(qs)), ENCODE_BATCH)
+    encoder: Batcher[str, Any] = Batcher(
+        lambda qs: list(model.encode(qs)), ENCODE_BATCH, limits.max_queue
+    )
 
     def record(traces: list[dict[str, Any]]) -> list[None]:
         write_traces(settings, traces, run_id="service")
         return [None] * len(traces)
 
-    recorder: Batcher[dict[str, Any], None] = Batcher(record, TRACE_BATCH)
+    recorder: Batcher[dict[str, Any], None] = Batcher(record, TRACE_BATCH, limits.max_queue)
+    health_threads = CapacityLimiter(HEALTH_THREADS)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -214,8 +257,8 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
             worker.cancel()
 
     async def search(request: Request) -> JSONResponse:
-        caller = _caller(request, keys)  # before the body: no key, no 422 either
-        body = await _search_request(request)
+        caller = gate.admit(request)  # before the body: no key, no 422 either
+        body = await _search_request(request, limits.max_body_bytes)
         started = time.perf_counter()
         index = await run_in_threadpool(served.current)
         vector = await encoder.submit(body.question)
@@ -228,10 +271,10 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
 
     async def health(request: Request) -> JSONResponse:
         try:
-            index = await run_in_threadpool(served.current)
-        except IndexNotBuiltError as exc:
-            return _error(503, str(exc), status="no release")
-        tagged = await run_in_threadpool(served.tagged)
+            index = await to_thread.run_sync(served.current, limiter=health_threads)
+        except IndexNotBuiltError:
+            return _error(503, NO_RELEASE, status="no release")
+        tagged = await to_thread.run_sync(served.tagged, limiter=health_threads)
         published = served.published_at
         return JSONResponse({
             "status": "ok" if served.problem is None else "degraded",
@@ -247,11 +290,12 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
         })  # fmt: skip
 
     async def trace(request: Request) -> JSONResponse:
-        caller = _caller(request, keys)
+        caller = gate.admit(request)
         trace_id = request.path_params["trace_id"]
-        report = await run_in_threadpool(explain_trace, settings, trace_id)
-        if report.trace.get("api_key_id") != caller.api_key_id:  # only the key's own traces
-            raise TraceNotFoundError(f"no trace {trace_id!r}")
+        if not TRACE_ID.fullmatch(trace_id):
+            raise TraceNotFoundError(NO_TRACE)
+        # Only the key's own traces: another key's is not found, by the same read.
+        report = await run_in_threadpool(explain_trace, settings, trace_id, caller.api_key_id)
         hits = [
             h if h["classification"] in caller.entitled else {**h, "text": None, "withheld": True}
             for h in report.hits
@@ -261,7 +305,7 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
                              "index_retained": report.index_retained})  # fmt: skip
 
     async def impact_of_key(request: Request) -> JSONResponse:
-        caller = _caller(request, keys)
+        caller = gate.admit(request)
         raw = request.query_params.get("since")
         try:
             since = parse_since(raw) if raw is not None else None
@@ -285,13 +329,26 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
         assert isinstance(exc, RequestInvalid)
         return _error(422, "invalid request", problems=exc.problems)
 
-    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return _error(503, str(exc))
+    async def no_release(request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, NO_RELEASE)
 
-    async def not_found(request: Request, exc: Exception) -> JSONResponse:
-        return _error(404, str(exc))
+    async def other_model(request: Request, exc: Exception) -> JSONResponse:
+        return _error(503, OTHER_MODEL)
 
-    return Starlette(
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": BUSY}, 503, retry_after(RETRY_AFTER_BUSY))
+
+    async def too_large(request: Request, exc: Exception) -> JSONResponse:
+        # The rest of the body is never read: the connection closes after the answer.
+        return JSONResponse({"error": TOO_LARGE}, 413, {"Connection": "close"})
+
+    async def no_trace(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, NO_TRACE)
+
+    async def no_publication(request: Request, exc: Exception) -> JSONResponse:
+        return _error(404, NO_PUBLICATION)
+
+    app = Starlette(
         routes=[
             Route("/search", search, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
@@ -303,13 +360,17 @@ def create_app(settings: Settings, embedder: Embedder, keys: ApiKeys) -> Starlet
         exception_handlers={
             HTTPException: http_error,
             RequestInvalid: invalid,
-            IndexNotBuiltError: unavailable,
-            ModelMismatchError: unavailable,
-            TraceNotFoundError: not_found,
-            ImpactError: not_found,
+            IndexNotBuiltError: no_release,
+            ModelMismatchError: other_model,
+            TraceNotFoundError: no_trace,
+            ImpactError: no_publication,
+            Busy: busy,
+            BodyTooLargeError: too_large,
         },
-        middleware=[Middleware(Contained)],
+        middleware=[Middleware(Contained), Middleware(RequestLimits, limits=limits)],
     )
+    app.state.limits = limits  # for `server_config`: the server's half of the limits
+    return app
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -340,7 +401,8 @@ def openapi_schema() -> dict[str, Any]:
                 "security": bearer,
                 "requestBody": {"required": True,
                                 "content": {"application/json": {"schema": ref(SearchRequest)}}},
-                "responses": responses("hits with receipts", ref(SearchResult), 401, 422, 503),
+                "responses": responses("hits with receipts", ref(SearchResult),
+                                       401, 413, 422, 429, 431, 503),
             }},
             "/health": {"get": {
                 "summary": "The release served, its age, and whether a newer one is published",
@@ -351,7 +413,7 @@ def openapi_schema() -> dict[str, Any]:
                 "security": bearer,
                 "parameters": [{"name": "trace_id", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
-                "responses": responses("the trace and its hits now", None, 401, 404),
+                "responses": responses("the trace and its hits now", None, 401, 404, 429),
             }},
             "/impact": {"get": {
                 "summary": "This key's answers whose quoted text a publication no longer serves",
@@ -361,7 +423,7 @@ def openapi_schema() -> dict[str, Any]:
                                 "of the latest publication",
                                 "schema": {"type": "string"}}],
                 "responses": responses("releases, documents, answers and totals", None,
-                                       401, 404, 422),
+                                       401, 404, 422, 429),
             }},
         },
         "components": {
@@ -374,6 +436,9 @@ def openapi_schema() -> dict[str, Any]:
 ERRORS = {
     401: "no valid API key",
     404: "no such trace for this key, or no such publication",
+    413: "the body is larger than POLICYFRESH_SERVE_MAX_BODY_BYTES",
     422: "the body is not a valid request",
-    503: "no release is published yet",
+    429: "the key is past its rate; Retry-After says when to come back",
+    431: "more request headers than POLICYFRESH_SERVE_MAX_HEADERS",
+    503: "no release is published yet, or the service is busy (with Retry-After)",
 }

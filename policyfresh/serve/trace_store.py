@@ -1,5 +1,5 @@
-"""How search traces are stored: the question redacted, its hash keyed by a secret of the
-home, and nothing kept past the retention."""
+"""How search traces are stored: the question and the caller redacted, the question's hash
+keyed by a secret of the home, and nothing kept past the retention."""
 
 from __future__ import annotations
 
@@ -21,9 +21,12 @@ from policyfresh.store.tables import ANSWER_IMPACT, RETRIEVAL_TRACES, empty_fram
 
 log = logging.getLogger(__name__)
 
+MAX_CALLER = 100  # characters of a caller's name kept, after redaction
+
 
 def trace_secret(settings: Settings) -> Path:
-    """The file holding the home's trace key, made (readable by its owner only) on first use."""
+    """The file holding the home's secret key (question hashes, API key ids), made (readable by
+    its owner only) on first use."""
     path = settings.home / "secrets" / "trace_key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -43,18 +46,21 @@ def question_hash(key: bytes, question: str) -> str:
 
 
 def stored_traces(settings: Settings, traces: list[dict[str, Any]]) -> pl.DataFrame:
-    """Trace rows as stored: PII in the question replaced by typed placeholders, hash keyed."""
+    """Trace rows as stored: PII in the question and the caller replaced by typed placeholders
+    (the caller then cut to `MAX_CALLER` characters), the question's hash keyed."""
     from policyfresh.ingest.pii import (  # Presidio is slow to import: only when writing
         detect_pii,
         redact,
     )
 
     key = trace_secret(settings).read_bytes()
+    callers = {c: redact(c, detect_pii(c))[0][:MAX_CALLER] for c in {t["caller"] for t in traces}}
     rows = [
         {
             **t,
             "question": redact(t["question"], detect_pii(t["question"]))[0],
             "question_sha256": question_hash(key, t["question"]),
+            "caller": callers[t["caller"]],
         }
         for t in traces
     ]

@@ -51,6 +51,17 @@ def _fraction_setting(name: str, default: float) -> float:
     return value
 
 
+def _rate_setting(name: str, default: float) -> float:
+    raw = os.environ.get(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value > 0:
+        raise ConfigError(f"{name}={value} is not above 0")
+    return value
+
+
 TRUE = ("1", "true", "yes")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -119,6 +130,52 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class ServiceLimits:
+    """What `policyfresh serve` takes from a client before it refuses: one slow, greedy or
+    malicious client must never starve the others (see the search service how-to)."""
+
+    max_body_bytes: int = 65_536
+    max_header_bytes: int = 16_384
+    max_headers: int = 64
+    read_timeout: float = 10.0  # seconds for a request's headers and body to arrive
+    request_timeout: float = 30.0
+    max_connections: int = 512
+    max_queue: int = 64  # questions waiting to be encoded, traces waiting to be written
+    rate: float = 10.0  # requests a second per API key, unless its grant says otherwise
+    burst: int = 20
+
+    @classmethod
+    def load(cls) -> ServiceLimits:
+        """The limits from `POLICYFRESH_SERVE_*` variables, else the defaults."""
+        env = os.environ
+
+        def seconds(name: str, default: float) -> float:
+            return parse_duration(name, env.get(name, f"{default:g}s"))
+
+        return cls(
+            max_body_bytes=_int_setting(
+                "POLICYFRESH_SERVE_MAX_BODY_BYTES", cls.max_body_bytes, 2, "a JSON object"
+            ),
+            max_header_bytes=_int_setting(
+                "POLICYFRESH_SERVE_MAX_HEADER_BYTES", cls.max_header_bytes, 1024, "a request line"
+            ),
+            max_headers=_int_setting(
+                "POLICYFRESH_SERVE_MAX_HEADERS", cls.max_headers, 4, "Host, Authorization, ..."
+            ),
+            read_timeout=seconds("POLICYFRESH_SERVE_READ_TIMEOUT", cls.read_timeout),
+            request_timeout=seconds("POLICYFRESH_SERVE_REQUEST_TIMEOUT", cls.request_timeout),
+            max_connections=_int_setting(
+                "POLICYFRESH_SERVE_MAX_CONNECTIONS", cls.max_connections, 1, "a client"
+            ),
+            max_queue=_int_setting(
+                "POLICYFRESH_SERVE_MAX_QUEUE", cls.max_queue, 1, "a question waits its turn"
+            ),
+            rate=_rate_setting("POLICYFRESH_SERVE_RATE", cls.rate),
+            burst=_int_setting("POLICYFRESH_SERVE_BURST", cls.burst, 1, "a request takes one"),
+        )
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved configuration of one policyfresh deployment."""
 
@@ -141,6 +198,7 @@ class Settings:
     max_removed_share: float = 0.25
     max_file_bytes: int = 50_000_000
     allow_mass_delete: bool = False
+    service: ServiceLimits = field(default_factory=ServiceLimits)
     # Where the impact of a publication is posted; out of repr: a URL may carry a token.
     impact_webhook: str | None = field(default=None, repr=False)
 
@@ -229,6 +287,7 @@ class Settings:
                 "POLICYFRESH_MAX_FILE_BYTES", 50_000_000, 1, "a policy file has at least a byte"
             ),
             allow_mass_delete=env.get("POLICYFRESH_ALLOW_MASS_DELETE", "").lower() in TRUE,
+            service=ServiceLimits.load(),
             impact_webhook=_webhook_url(
                 "POLICYFRESH_IMPACT_WEBHOOK", env.get("POLICYFRESH_IMPACT_WEBHOOK", "").strip()
             ),

@@ -149,7 +149,7 @@ RETRIEVAL_TRACES = TableDef(
         col("caller", pa.string(), "Who searched: cli, an application name"),
         col("release", pa.int64(), "Release served (its index version); null for a candidate"),
         col("entitled", pa.list_(pa.string()), "Classifications the caller was entitled to read"),
-        col("api_key_id", pa.string(), "sha256 prefix of the API key; null outside the service"),
+        col("api_key_id", pa.string(), "keyed HMAC of the API key; null outside the service"),
     ]),
 )  # fmt: skip
 
@@ -316,7 +316,7 @@ ANSWER_IMPACT = TableDef(
         col("trace_id", pa.string(), "The answer: its trace in retrieval_traces"),
         col("searched_at", TS, "When the answer was given"),
         col("caller", pa.string(), "Who searched"),
-        col("api_key_id", pa.string(), "sha256 prefix of the API key; null outside the service"),
+        col("api_key_id", pa.string(), "keyed HMAC of the API key; null outside the service"),
         col("served_release", pa.int64(), "Release the answer was served from"),
         col("affected_by", pa.int64(), "Release of the first publication that changed what the "
             "answer quoted"),
