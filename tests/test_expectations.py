@@ -10,7 +10,6 @@ from policyfresh.index.chunks import read_chunks, refresh_chunks
 from policyfresh.ingest.documents import ingest_documents, read_documents
 from policyfresh.quality.pipeline import refresh
 from policyfresh.quality.table_checks import table_rows, validate_table
-from policyfresh.serve.impact import record_impact
 from policyfresh.serve.search import search_many
 from policyfresh.store.config import Settings
 from policyfresh.store.suites import (
@@ -122,8 +121,7 @@ def built(tmp_path_factory, embedder):
     search_many(settings, embedder, ["What is the daily overdraft fee?"], k=5, caller="assistant")
     fees = root / "policies" / "retail" / "overdraft-fees.md"
     fees.write_text(fees.read_text().replace("$", "USD "))
-    refresh(settings, embedder, "edit")
-    assert record_impact(settings, run_id="edit")
+    assert refresh(settings, embedder, "edit")["impact"]["answers"] == 1
     return settings
 
 

@@ -11,7 +11,7 @@ from policyfresh.index.chunking import Chunker
 from policyfresh.index.chunks import refresh_chunks
 from policyfresh.ingest import documents
 from policyfresh.ingest.documents import ingest_documents, read_documents
-from policyfresh.quality.pipeline import refresh
+from policyfresh.quality.pipeline import STAGES, refresh
 from policyfresh.store.freshness import (
     document_lag,
     freshness_summary,
@@ -25,6 +25,7 @@ LEAVE = "hr/annual-leave.md"
 
 def test_versions_move_from_seen_to_served_and_a_removal_is_tracked(small_settings, embedder):
     built = refresh(small_settings, embedder, "build")
+    assert built["not_run"] == [] and set(built["seconds"]) == {s.key for s in STAGES.values()}
     release = built["release"]["release"]
     lag = document_lag(small_settings)
     assert lag.height == 5 and set(lag["state"]) == {"served"}

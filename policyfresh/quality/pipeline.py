@@ -115,13 +115,18 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def refresh(settings: Settings, embedder: Embedder, run_id: str) -> dict[str, Any]:
+def refresh(
+    settings: Settings, embedder: Embedder, run_id: str, through: str | None = None
+) -> dict[str, Any]:
     """Run every stage in order (ingest, re-chunk and re-embed what changed, evaluate, publish
-    if the gate passes, then what follows publication); each stage's summary and seconds. The
-    asset checks run in the Dagster job, not here."""
+    if the gate passes, then what follows publication), or only up to the stage `through`,
+    naming the others in `not_run`; each stage's summary and seconds. The asset checks run in
+    the Dagster job, not here."""
     run = StageRun(settings, embedder, run_id)
-    summary: dict[str, Any] = {"seconds": {}}
-    for stage in STAGES.values():
+    names = list(STAGES)
+    last = names.index(through) if through else len(names) - 1
+    summary: dict[str, Any] = {"seconds": {}, "not_run": names[last + 1 :]}
+    for stage in list(STAGES.values())[: last + 1]:
         started = time.perf_counter()
         summary[stage.key] = stage.summary(stage.work(run))
         summary["seconds"][stage.key] = round(time.perf_counter() - started, 3)

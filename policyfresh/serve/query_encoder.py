@@ -174,8 +174,13 @@ def _export_once(embedder: Embedder, directory: Path) -> Export:
         (staging / "traced.onnx").unlink()
         shutil.copy2(embedder.path / "tokenizer.json", staging / "tokenizer.json")
         candidate = OnnxEncoder(staging, embedder.model_id, embedder.max_tokens)
-        expected = embedder.encode(list(SAMPLES))
-        cosines = np.sum(candidate.encode(list(SAMPLES)) * expected, axis=1)
+        expected, exported = embedder.encode(list(SAMPLES)), candidate.encode(list(SAMPLES))
+        if exported.shape != expected.shape:
+            raise ExportError(
+                f"the ONNX export of {embedder.model_id} gives vectors of {exported.shape[1]} "
+                f"numbers, the model {expected.shape[1]}"
+            )
+        cosines = np.sum(exported * expected, axis=1)
         min_cosine = float(cosines.min())
         if min_cosine < MIN_COSINE:
             raise ExportError(
