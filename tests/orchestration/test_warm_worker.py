@@ -4,7 +4,7 @@ and is started again; `policyfresh run` hands its run to it and imports nothing 
 child forked after the worker's preload embeds and detects PII exactly as a new process does.
 
 One `policyfresh dev` (webserver, daemon, worker and search service on free ports of 127.0.0.1,
-its own process group, stopped by it) serves the tests of this module, in order.
+its own process group, stopped by the fixture) serves the steps of one test, in order.
 """
 
 from __future__ import annotations
@@ -120,6 +120,16 @@ class Dev:
         found = self.bench.graphql(self.client, MESSAGES, runId=run_id)["logsForRun"]
         return [e["message"] for e in found["events"] if e.get("message")]
 
+    def reported(self, run_id: str, words: str) -> bool:
+        """Whether a message of the run holds `words`, waiting for it: the child writes its
+        peak memory after the run's end."""
+        deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+        while not any(words in m for m in self.messages(run_id)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
     def edit(self, words: str) -> None:
         page = self.corpus / EDITED
         page.write_text(page.read_text() + f"\n{words}\n")
@@ -147,13 +157,13 @@ def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dev]:
         bench.stop_dev(process)
 
 
-def test_a_launched_run_forks_from_the_worker_and_can_be_terminated(dev: Dev):
+def _a_launched_run_forks_from_the_worker_and_can_be_terminated(dev: Dev) -> None:
     worker = dev.worker()
     run_id = dev.launch()
     assert dev.wait(run_id, FINISHED) == "SUCCESS"
     messages = dev.messages(run_id)
     assert any(f"Launched by the warm run worker {worker['worker_pid']}" in m for m in messages)
-    assert any("peak resident memory" in m for m in messages), "the child's peak RSS is reported"
+    assert dev.reported(run_id, "peak resident memory"), "the child reports its peak RSS"
     events = dev.bench.run_events(dev.client, run_id)
     materialized = {e["assetKey"]["path"][-1] for e in events if "assetKey" in e}
     assert {"policy_documents", "served_index", "quality_reports"} <= materialized
@@ -167,7 +177,7 @@ def test_a_launched_run_forks_from_the_worker_and_can_be_terminated(dev: Dev):
     assert dev.worker()["worker_pid"] == worker["worker_pid"], "only the run's child stopped"
 
 
-def test_a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev: Dev):
+def _a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev: Dev) -> None:
     worker = dev.worker()["worker_pid"]
     dev.edit("A run whose worker is killed fails cleanly.")
     run_id = dev.launch()
@@ -181,7 +191,7 @@ def test_a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev
     assert any(f"warm run worker {restarted}" in m for m in dev.messages(run_id))
 
 
-def test_policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev: Dev):
+def _policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev: Dev) -> None:
     dev.edit("Handed to the warm worker.")
     probe = (
         "import sys\n"
@@ -201,6 +211,14 @@ def test_policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(d
     assert summary["checks"]["regression_eval:release_gate"] == "passed"
     (run,) = dev.bench.runs(dev.client, runIds=[summary["run_id"]])
     assert {"key": "policyfresh/trigger", "value": "cli"} in run["tags"], "a run of the instance"
+
+
+def test_runs_fork_from_the_warm_worker_end_as_asked_and_outlive_it(dev: Dev):
+    """In this order, on one `policyfresh dev` (xdist would otherwise interleave the other dev
+    tests of the group between them and start it again for each)."""
+    _a_launched_run_forks_from_the_worker_and_can_be_terminated(dev)
+    _a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev)
+    _policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev)
 
 
 def test_a_child_forked_after_the_preload_embeds_and_detects_as_a_new_process(embedder):
