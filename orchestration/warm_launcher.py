@@ -7,7 +7,9 @@ launched as Dagster's default launcher does, and its events say so. Configured i
       class: WarmRunLauncher
 
 The worker runs on the machine of the daemon and the webserver (as under `policyfresh dev`):
-termination and health checks reach its children by process id.
+termination and health checks reach its children by process id. Dagster exports no public API
+for run launchers but `DefaultRunLauncher`: the launch context, health result and config data
+types come from `dagster._core`, as in Dagster's own launcher packages.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import dagster as dg
-from dagster._core.launcher import DefaultRunLauncher
 from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, WorkerStatus
 from dagster._serdes import ConfigurableClassData
 
@@ -28,7 +29,7 @@ from orchestration.warm_socket import ask, socket_path
 WARM_PID_TAG = "policyfresh/warm_run_pid"
 
 
-class WarmRunLauncher(DefaultRunLauncher):
+class WarmRunLauncher(dg.DefaultRunLauncher):
     """Runs start in a child of the warm run worker; without one, in a new process."""
 
     def __init__(self, inst_data: ConfigurableClassData | None = None, socket: str | None = None):
