@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -91,6 +92,7 @@ COLD_RUNS = 5
 SEARCH_TIMEOUT_SECONDS = 600.0
 WATCHED_MODULES = ("torch", "sentence_transformers", "transformers", "onnxruntime", "dagster")
 HONEST_CLIENTS = 16
+TRACE_LOOKUPS = 100
 HONEST_GRANT = {"rate": 1000, "burst": 1000}  # an application with many users: never limited
 SLOW_SOCKETS = 200
 FLOOD_THREADS = 8
@@ -178,9 +180,8 @@ class Load:
         return self.samples
 
     def _client(self, number: int, deadline: float) -> None:
-        headers = {"Authorization": f"Bearer {self.key}"}
         with httpx.Client(
-            base_url=self.url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS
+            base_url=self.url, headers=auth(self.key), timeout=REQUEST_TIMEOUT_SECONDS
         ) as client:
             turn = number  # clients start on different questions
             while not self._stop.is_set() and time.monotonic() < deadline:
@@ -199,6 +200,10 @@ class Load:
                 probed = self.probe is not None and question == self.probe.question
                 new_text = self.probe.new_text if probed else None
                 self.samples.append(read_sample(number, question, sent, response, new_text))
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -553,6 +558,7 @@ def measure(
             first_health, ready_seconds = wait_healthy(client, process, log)
         rss_at_start = server_rss(process.pid)
         attacked = under_attack(url, key, attacker, questions, attack_seconds, process.pid)
+        attacked["trace_lookups"] = trace_lookups(url, attacker, key, questions[0])
         if not attack_only:
             load = levels_under_load(url, key, questions, levels, seconds)
             refresh = refresh_under_load(
@@ -642,7 +648,7 @@ def hold_slow_sockets(port: int, count: int, stop: threading.Event) -> dict[str,
 def flood(url: str, key: str, questions: list[str], stop: threading.Event) -> Counter[str]:
     """POST questions with `key` as fast as one connection can; the answers by status."""
     codes: Counter[str] = Counter()
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
+    with httpx.Client(base_url=url, headers=auth(key), timeout=60) as c:
         turn = 0
         while not stop.is_set():
             body = {"question": questions[turn % len(questions)], "k": K, "caller": "flood"}
@@ -723,6 +729,32 @@ def under_attack(
     }
 
 
+def trace_lookups(url: str, owner: str, other: str, question: str) -> dict[str, Any]:
+    """Time `other` asking for `owner`'s trace against an unknown id, interleaved
+    `TRACE_LOOKUPS` times: both must be one 404 taking the same time."""
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_SECONDS) as client:
+        made = client.post(
+            "/search", json={"question": question, "k": 5}, headers=auth(owner)
+        ).json()
+        times: dict[str, list[float]] = {"another_keys": [], "unknown": []}
+        codes: Counter[str] = Counter()
+        for _ in range(TRACE_LOOKUPS):
+            for name, trace_id in (
+                ("another_keys", made["trace_id"]),
+                ("unknown", uuid.uuid4().hex),
+            ):
+                started = time.perf_counter()
+                codes[str(client.get(f"/traces/{trace_id}", headers=auth(other)).status_code)] += 1
+                times[name].append((time.perf_counter() - started) * 1000)
+    medians = {name: round(statistics.median(ms), 2) for name, ms in times.items()}
+    return {
+        "lookups_each": TRACE_LOOKUPS,
+        "status_codes": dict(codes),
+        "median_ms": medians,
+        "difference_ms": round(medians["another_keys"] - medians["unknown"], 2),
+    }
+
+
 def cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
@@ -735,6 +767,7 @@ def attack_report(attacked: dict[str, Any]) -> list[str]:
         attacked["server_rss_mb"],
     )
     during = [r["rss_mb"] for r in rss["during"]]
+    lookups = attacked["trace_lookups"]
     return [
         f"{attacked['honest_clients']} honest clients, {attacked['seconds_each']:g} s each",
         f"  without attack: p50 {quiet['p50_ms']} ms, p95 {quiet['p95_ms']} ms, "
@@ -747,6 +780,9 @@ def attack_report(attacked: dict[str, Any]) -> list[str]:
         f"  server RSS MB: start {rss['at_start']}, before attack {rss['before_attack']}, "
         f"during {min(during, default=None)}-{max(during, default=None)}, "
         f"after {rss['after_attack']}",
+        f"another key's trace against an unknown one ({lookups['lookups_each']} each): median "
+        f"{lookups['median_ms']} ms, difference {lookups['difference_ms']} ms, "
+        f"codes {lookups['status_codes']}",
     ]
 
 

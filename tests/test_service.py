@@ -5,7 +5,6 @@ import json
 import logging
 import shutil
 import socket
-import statistics
 import threading
 import time
 import uuid
@@ -498,14 +497,6 @@ def test_another_keys_trace_and_an_unknown_trace_get_the_same_404(service):
     assert theirs.content == nobody.content == b'{"error":"no such trace"}'
     long = service.get(f"/traces/{'a' * 10_000}", headers=bearer(ALL))
     assert long.status_code == 404 and len(long.content) < 100
-    times: dict[str, list[float]] = {"theirs": [], "unknown": []}
-    for _ in range(15):  # interleaved, so the machine's load falls on both alike
-        for name, trace_id in (("theirs", made["trace_id"]), ("unknown", unknown)):
-            started = time.perf_counter()
-            service.get(f"/traces/{trace_id}", headers=bearer(ALL))
-            times[name].append(time.perf_counter() - started)
-    theirs_ms, unknown_ms = (statistics.median(t) * 1000 for t in times.values())
-    assert abs(theirs_ms - unknown_ms) < max(5.0, 0.25 * unknown_ms), (theirs_ms, unknown_ms)
 
 
 def test_deeply_nested_json_gets_422(service, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import polars as pl
 import pyarrow as pa
@@ -17,6 +18,7 @@ from policyfresh.store.tables import TableDef
 log = logging.getLogger(__name__)
 
 COMMIT_RETRIES = 5
+T = TypeVar("T")
 COMPACT_EVERY = 100  # appends (one per search) leave small files: compact every N versions
 
 
@@ -97,6 +99,20 @@ def _arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.select(schema.names).to_arrow().cast(bare)
 
 
+def _committed(table: TableDef, commit: Callable[[], T]) -> T:
+    """Run `commit` (which opens the table afresh), again when a concurrent commit wins: another
+    writer's row commit, or its creation and governance of the table (a metadata commit)."""
+    for attempt in range(1, COMMIT_RETRIES + 1):
+        try:
+            return commit()
+        except CommitFailedError:
+            if attempt == COMMIT_RETRIES:
+                raise
+            log.warning("commit conflict on %s, retry %d", table.name, attempt)
+            time.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
 def merge(
     table: TableDef,
     uri: str,
@@ -110,7 +126,8 @@ def merge(
     fields = list(table.schema) + [pa.field(c, pa.string()) for c in extra]
     data = _arrow(source, pa.schema(fields))
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in table.key)
-    for attempt in range(1, COMMIT_RETRIES + 1):
+
+    def commit() -> dict:
         merger = ensure_table(table, uri, run_id).merge(
             data,
             predicate=predicate,
@@ -119,14 +136,9 @@ def merge(
             merge_schema=True,  # a column added in a later release of policyfresh
             commit_properties=commit_properties(run_id, "merge"),
         )
-        try:
-            return clauses(merger).execute()
-        except CommitFailedError:
-            if attempt == COMMIT_RETRIES:
-                raise
-            log.warning("commit conflict on %s, retry %d", table.name, attempt)
-            time.sleep(0.2 * attempt)
-    raise AssertionError("unreachable")
+        return clauses(merger).execute()
+
+    return _committed(table, commit)
 
 
 def upsert(merger: TableMerger) -> TableMerger:
@@ -136,25 +148,35 @@ def upsert(merger: TableMerger) -> TableMerger:
 
 def append(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
     """Append rows in one commit; compact the small files appends leave, now and then."""
-    delta = ensure_table(table, uri, run_id)
-    write_deltalake(
-        delta,
-        _arrow(rows, table.schema),
-        mode="append",
-        schema_mode="merge",  # a column added in a later release of policyfresh
-        commit_properties=commit_properties(run_id, "append"),
-    )
+    data = _arrow(rows, table.schema)
+
+    def commit() -> DeltaTable:
+        delta = ensure_table(table, uri, run_id)
+        write_deltalake(
+            delta,
+            data,
+            mode="append",
+            schema_mode="merge",  # a column added in a later release of policyfresh
+            commit_properties=commit_properties(run_id, "append"),
+        )
+        return delta
+
+    delta = _committed(table, commit)
     if delta.version() % COMPACT_EVERY == 0:
         delta.optimize.compact(commit_properties=commit_properties(run_id, "compact"))
 
 
 def overwrite(table: TableDef, uri: str, rows: pl.DataFrame, run_id: str) -> None:
     """Replace the table's rows in one commit: for tables that hold only a current state."""
-    write_deltalake(
-        ensure_table(table, uri, run_id),
-        _arrow(rows, table.schema),
-        mode="overwrite",
-        commit_properties=commit_properties(run_id, "overwrite"),
+    data = _arrow(rows, table.schema)
+    _committed(
+        table,
+        lambda: write_deltalake(
+            ensure_table(table, uri, run_id),
+            data,
+            mode="overwrite",
+            commit_properties=commit_properties(run_id, "overwrite"),
+        ),
     )
 
 
