@@ -1,6 +1,7 @@
-"""Refresh benchmark on the 18F handbook: full build against raw `model.encode`, no-op refresh,
-one real edit, a deleted page, search latency, peak memory, and `policyfresh run` end to end as a
-person types it (no-op and one real edit). Prints and saves the figures.
+"""Refresh benchmark on the 18F handbook: full build against raw `model.encode` and against
+LangChain's indexing API (`langchain_peer.py`), no-op refresh, one real edit, a deleted page,
+search latency, peak memory, and `policyfresh run` end to end as a person types it (no-op and
+one real edit). Prints and saves the figures.
 
     .venv/bin/python benchmarks/refresh.py [--out benchmarks/results/refresh.json]
 """
@@ -21,14 +22,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from policyfresh.index.chunking import Chunker
-from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.index.chunks import read_chunks
 from policyfresh.index.embedding import Embedder
-from policyfresh.index.vectors import reconcile, sync_vectors
-from policyfresh.ingest.documents import ingest_documents
-from policyfresh.quality.evaluation import evaluate
-from policyfresh.quality.pipeline import refresh
-from policyfresh.release.publication import publish
+from policyfresh.index.vectors import reconcile
+from policyfresh.quality.pipeline import STAGES, StageRun, refresh
 from policyfresh.serve.search import search_many
 from policyfresh.store.config import Settings
 
@@ -57,6 +54,20 @@ def policyfresh_run(settings: Settings) -> tuple[dict, float]:
     if done.returncode not in (0, 1):
         raise RuntimeError(f"policyfresh run failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout), seconds
+
+
+def langchain_peer(work: Path, edit: dict) -> dict:
+    """LangChain's indexing API over a copy of the same pages, in its own process: its build,
+    no-op and the same real edit, and its peak memory."""
+    pages = work / "langchain-pages"
+    shutil.copytree(work / "pages", pages)
+    command = [sys.executable, str(REPO / "benchmarks" / "langchain_peer.py"), str(pages),
+               edit["path"].removeprefix("pages/"), str(HANDBOOK / edit["after_file"])]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"the LangChain peer failed: {done.stderr[-2000:]}")
+    shutil.rmtree(pages)
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def command_line(settings: Settings, edit: dict) -> dict:
@@ -109,44 +120,46 @@ def main() -> None:
         "model_load_seconds": round(load_seconds, 2),
     }
 
+    figures["langchain"] = langchain_peer(work, edit)
+
     # Plain `model.encode` of the same texts runs once before and once after the embedding
-    # step, so the machine's drift is averaged out of the ratio.
-    ingested, ingest_seconds = timed(ingest_documents, settings, "bench-build")
-    chunked, chunk_seconds = timed(
-        refresh_chunks, settings, Chunker.for_model(embedder), "bench-build"
-    )
-    chunks = read_chunks(settings).drop_nulls("embed_text").unique("text_sha256")
-    texts = chunks["embed_text"].to_list()
+    # stage, so the machine's drift is averaged out of the ratio.
     model = embedder.load()
 
-    def raw_encode() -> float:
+    def raw_encode(texts: list[str]) -> float:
         return timed(lambda: model.encode(texts, batch_size=64, normalize_embeddings=True))[1]
 
-    raw_before = raw_encode()
-    vectors, vector_seconds = timed(sync_vectors, settings, embedder)
-    raw_after = raw_encode()
+    run = StageRun(settings, embedder, "bench-build")
+    results, seconds = {}, {}
+    for stage in STAGES.values():
+        if stage.name == "policy_vectors":
+            chunks = read_chunks(settings).drop_nulls("embed_text").unique("text_sha256")
+            texts = chunks["embed_text"].to_list()
+            raw_before = raw_encode(texts)
+        results[stage.key], seconds[stage.key] = timed(stage.work, run)
+        if stage.name == "policy_vectors":
+            raw_after = raw_encode(texts)
+    peak_build = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     raw_seconds = (raw_before + raw_after) / 2
-    evaluation, eval_seconds = timed(evaluate, settings, embedder, "bench-build")
-    _, publish_seconds = timed(publish, settings, "bench-build")
-    build_seconds = ingest_seconds + chunk_seconds + vector_seconds + eval_seconds + publish_seconds
+    build_seconds = sum(seconds.values())
+    vectors, evaluation = results["vectors"], results["eval"]
     ours = vectors.embedded / vectors.embed_seconds
     raw = len(texts) / raw_seconds
     figures["full_build"] = {
-        "documents": ingested.added,
-        "quarantined": ingested.quarantined,
-        "chunks": chunked.total_chunks,
+        "documents": results["documents"].added,
+        "quarantined": results["documents"].quarantined,
+        "chunks": results["chunks"].total_chunks,
         "embedded": vectors.embedded,
         "seconds": round(build_seconds, 1),
-        "ingest_seconds": round(ingest_seconds, 1),
-        "chunk_seconds": round(chunk_seconds, 1),
-        "vectors_seconds": round(vector_seconds, 1),
-        "eval_seconds": round(eval_seconds, 1),
+        "stage_seconds": {key: round(value, 2) for key, value in seconds.items()},
         "eval": {k: evaluation.summary()[k] for k in ("verdict", "cases", "hit_at_5", "mrr")},
         "embeddings_per_second": round(ours, 2),
         "raw_encode_seconds_before_and_after": [round(raw_before, 1), round(raw_after, 1)],
         "raw_encode_per_second": round(raw, 2),
         "embedding_rate_ratio": round(ours / raw, 3),
-        "build_vs_raw_encode_time": round(build_seconds / raw_seconds, 3),
+        "build_texts_per_second": round(vectors.embedded / build_seconds, 2),
+        "build_rate_vs_raw_encode": round(vectors.embedded / build_seconds / raw, 3),
+        "peak_rss_mb": round(peak_build),
     }
 
     noop, noop_seconds = timed(refresh, settings, embedder, "bench-noop")
@@ -167,6 +180,16 @@ def main() -> None:
         "affected_cases": edited["eval"]["affected"],
         "published": edited["release"]["published"],
     }
+    peer = figures["langchain"]
+    figures["versus_langchain"] = {  # [policyfresh, LangChain]
+        "full_build_seconds": [figures["full_build"]["seconds"], peer["full_build"]["seconds"]],
+        "full_build_texts": [vectors.embedded, peer["full_build"]["texts"]],
+        "peak_rss_mb_after_build": [round(peak_build), peer["peak_rss_mb_after_build"]],
+        "noop_seconds": [figures["noop_refresh"]["seconds"], peer["noop"]["seconds"]],
+        "one_real_edit_seconds": [figures["one_real_edit"]["seconds"],
+                                  peer["one_real_edit"]["seconds"]],
+        "one_real_edit_texts": [edited["vectors"]["embedded"], peer["one_real_edit"]["texts"]],
+    }  # fmt: skip
     deleted_page = policies / "travel-and-leave" / "overtime.md"
     deleted_page.unlink()
     removed, delete_seconds = timed(refresh, settings, embedder, "bench-delete")

@@ -225,7 +225,7 @@ def test_a_file_over_the_size_limit_is_quarantined_unread_and_the_rest_go_on(
 
 def test_a_pii_detector_that_cannot_load_stops_ingestion_before_any_write(settings, monkeypatch):
     monkeypatch.setattr(pii, "NER_MODEL", "no_such_ner_model")
-    pii._analyzer.cache_clear()  # the session's analyzer was built with the real model
+    pii._models.cache_clear()  # the session's analyzer was built with the real model
     with pytest.raises(PiiDetectorError, match="no_such_ner_model is not installed"):
         ingest_documents(settings, run_id="r1")
     # A model whose package metadata is there but that fails to load fails in the file loop:

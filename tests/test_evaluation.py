@@ -280,3 +280,25 @@ def test_pii_in_hits_is_found_once_per_text_and_again_for_another_detector(
     assert scanned == ["New."]
     monkeypatch.setattr(evaluation, "detector_id", lambda: "another-detector")
     assert evaluation._PiiCheck(allowed)(leaky, "public") and scanned == ["New.", leaky]
+
+
+def test_expected_answers_are_encoded_once_per_model(small_settings, embedder, monkeypatch):
+    """The golden answers' vectors are kept by text hash and model: the next evaluation encodes
+    only new answers, the kept vectors equal the model's, and another model encodes them all."""
+    from policyfresh.quality import evaluation
+
+    answers = ["Disputes are filed within 60 days.", "The fee is $29 per item."]
+    first = evaluation._answer_vectors(small_settings, embedder, answers)
+    assert (first == embedder.encode(answers)).all()
+
+    encoded = []
+    encode = type(embedder).encode
+    monkeypatch.setattr(
+        type(embedder), "encode", lambda self, texts: encoded.append(texts) or encode(self, texts)
+    )
+    again = evaluation._answer_vectors(small_settings, embedder, [answers[1], "New answer."])
+    assert encoded == [["New answer."]] and (again[0] == first[1]).all()
+    other = HashEmbedder()
+    assert (
+        evaluation._answer_vectors(small_settings, other, answers) == other.encode(answers)
+    ).all()

@@ -94,7 +94,7 @@ def test_names_in_the_bundled_policies_never_reach_the_embedded_text(doc_id, nam
 
 def test_an_ner_model_that_cannot_load_fails_closed(monkeypatch):
     monkeypatch.setattr(pii, "NER_MODEL", "no_such_ner_model")
-    pii._analyzer.cache_clear()  # the session's analyzer was built with the real model
+    pii._models.cache_clear()  # the session's analyzer was built with the real model
     with pytest.raises(PiiDetectorError, match="no_such_ner_model is not installed"):
         detector_id()
     with pytest.raises(PiiDetectorError, match=r"Can't find model.*pip install no_such_ner_model"):

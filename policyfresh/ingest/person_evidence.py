@@ -84,6 +84,11 @@ def lexicon_versions() -> str:
     return "-".join(f"{p}{version(p)}" for p in packages)
 
 
+def load_lexicons() -> None:
+    """Read the name and word lists now (about a second), not inside the first run's scan."""
+    _census(), _first_names(), _titles(), _particles(), zipf("the")
+
+
 @cache
 def _census() -> tuple[dict[str, int], dict[str, int]]:
     """The 1990 US census first names (about 5,500) and surnames, by rank, from `names`."""
@@ -229,6 +234,22 @@ class PersonJudge:
     def common(self, word: str) -> bool:
         """An English word used as one: frequent, or written in lower case in this text."""
         return zipf(word) >= COMMON_ZIPF or word.lower() in self.lowercase
+
+    def passages(self) -> list[tuple[int, int]]:
+        """The paragraphs where a PERSON candidate could find evidence: those with an email
+        address, or with a name-cased word that is not common (`evidence` finds none for a run
+        of common words). The NER model runs on these only."""
+        found, start = [], 0
+        while start < len(self.text):
+            end = self.text.find("\n\n", start)
+            end = len(self.text) if end < 0 else end
+            words = (_SUFFIX.sub("", m[0]) for m in _TOKEN.finditer(self.text, start, end))
+            if "@" in self.text[start:end] or any(
+                len(w.rstrip(".")) > 1 and _name_cased(w) and not self.common(w) for w in words
+            ):
+                found.append((start, end))
+            start = end + 2
+        return found
 
     def _rare(self, word: str) -> bool:
         """Rare in English and never in lower case here: on its own, still this name."""

@@ -14,6 +14,7 @@ from policyfresh.ingest.person_evidence import (
     is_personal_address,
     is_public_phone,
     lexicon_versions,
+    load_lexicons,
     person_words,
 )
 from policyfresh.ingest.pii_allow import NO_ALLOW, AllowList
@@ -29,7 +30,8 @@ PHONE_REGIONS = ("US", "GB")
 # Presidio's confidence floor: bare 9-digit SSN-like patterns score 0.05 and need context words
 # ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
 SCORE_THRESHOLD = 0.3
-RECOGNIZERS_VERSION = "5"  # bumped when recognizers or how spans combine change: all rescanned
+NER_BATCH = 64  # paragraphs per call of the NER model
+RECOGNIZERS_VERSION = "6"  # bumped when recognizers or how spans combine change: all rescanned
 
 
 class PiiDetectorError(PolicyfreshError):
@@ -51,32 +53,35 @@ class PiiSpan:
 
 
 def load_detector() -> None:
-    """Load the detector now, once per process: a warm process keeps it for the runs it forks."""
-    _analyzer()
+    """Load the detector and its lexicons now, once per process: a warm process keeps them for
+    the runs it forks."""
+    _models()
+    load_lexicons()
 
 
 @cache
-def _analyzer():  # -> presidio_analyzer.AnalyzerEngine, imported lazily: it is slow to import
-    """Pattern recognizers with checksums and spaCy NER for names; any that cannot load is
+def _models():  # -> (presidio_analyzer.AnalyzerEngine, spacy.Language), imported lazily: slow
+    """Pattern recognizers with checksums, and spaCy's NER for names; any that cannot load is
     a `PiiDetectorError`, never a silently smaller detector."""
     try:
-        return _build_analyzer()
+        return _build_models()
     except Exception as exc:
         raise _cannot_run(f"{type(exc).__name__}: {exc}") from exc
 
 
-def _build_analyzer():  # -> presidio_analyzer.AnalyzerEngine
-    """Presidio offline: its email, card, IBAN, SSN and phone recognizers and spaCy NER."""
+def _build_models():  # -> (presidio_analyzer.AnalyzerEngine, spacy.Language)
+    """Presidio offline with its email, card, IBAN, SSN and phone recognizers, on a spaCy
+    pipeline whose NER is off for Presidio: `detect` runs it only where a name can have
+    evidence, and Presidio's context words need only tokens and lemmas."""
     import spacy
     import tldextract
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+    from presidio_analyzer.nlp_engine import SpacyNlpEngine
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         EmailRecognizer,
         IbanRecognizer,
         PhoneRecognizer,
-        SpacyRecognizer,
         UsSsnRecognizer,
     )
 
@@ -95,19 +100,16 @@ def _build_analyzer():  # -> presidio_analyzer.AnalyzerEngine
             token.lemma_ = token.lower_
         return doc
 
+    nlp = spacy.load(NER_MODEL, exclude=list(NER_EXCLUDE))
+    nlp.add_pipe("policyfresh_lowercase_lemmas")
+    nlp.disable_pipe("ner")
+    nlp.max_length = 50_000_000  # long policies are fine: no parser runs on them
+
     class OfflineSpacyEngine(SpacyNlpEngine):
-        """Loads the installed NER model; never downloads (Presidio's own `load` would)."""
+        """The pipeline above; never downloads (Presidio's own `load` would)."""
 
         def load(self) -> None:
-            nlp = spacy.load(NER_MODEL, exclude=list(NER_EXCLUDE))
-            nlp.add_pipe("policyfresh_lowercase_lemmas")
-            nlp.max_length = 50_000_000  # long policies are fine: no parser runs on them
             self.nlp = {"en": nlp}
-            others = [label for label in nlp.get_pipe("ner").labels if label not in NER_ENTITIES]
-            self.ner_model_configuration = NerModelConfiguration(  # the rest, dropped quietly
-                model_to_presidio_entity_mapping={e: e for e in NER_ENTITIES},
-                labels_to_ignore=others,
-            )
 
     engine = OfflineSpacyEngine(models=[{"lang_code": "en", "model_name": NER_MODEL}])
     engine.load()
@@ -117,11 +119,26 @@ def _build_analyzer():  # -> presidio_analyzer.AnalyzerEngine
         IbanRecognizer(),
         UsSsnRecognizer(),
         PhoneRecognizer(supported_regions=PHONE_REGIONS),
-        SpacyRecognizer(supported_entities=list(NER_ENTITIES)),
     ]
     logging.getLogger("presidio-analyzer").setLevel(logging.WARNING)
     registry = RecognizerRegistry(recognizers=recognizers)
-    return AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+    analyzer = AnalyzerEngine(nlp_engine=engine, registry=registry, supported_languages=["en"])
+    return analyzer, nlp
+
+
+def _person_candidates(text: str, judge: PersonJudge) -> list[tuple[int, int]]:
+    """spaCy's PERSON spans, from the paragraphs where one could have evidence, in batches."""
+    _, nlp = _models()
+    passages = judge.passages()
+    docs = nlp.get_pipe("ner").pipe(
+        (nlp.make_doc(text[start:end]) for start, end in passages), batch_size=NER_BATCH
+    )
+    return [
+        (start + ent.start_char, start + ent.end_char)
+        for (start, _), doc in zip(passages, docs, strict=True)
+        for ent in doc.ents
+        if ent.label_ in NER_ENTITIES
+    ]
 
 
 def detector_id(allow: AllowList = NO_ALLOW) -> str:
@@ -160,16 +177,15 @@ def detect(text: str, allow: AllowList = NO_ALLOW) -> Detection:
     """Pattern matches and the NER's PERSON candidates that have name evidence, minus public
     contact points and the allow list; none inside markup (a span touching a link target, URL,
     tag or code span covers all of it, so the markdown stays valid)."""
-    results = _analyzer().analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
+    analyzer, _ = _models()
+    results = analyzer.analyze(text=text, language="en", score_threshold=SCORE_THRESHOLD)
     markup = Markup(text)
     judge = PersonJudge(text, markup)
-    persons = judge.judge([(r.start, r.end) for r in results if r.entity_type in NER_ENTITIES])
+    persons = judge.judge(_person_candidates(text, judge))
     names = person_words(text, persons)
     rejected = judge.rejected
     spans = [PiiSpan("PERSON", c.start, c.end) for c in persons]
     for r in results:
-        if r.entity_type in NER_ENTITIES:
-            continue
         syntax = [g for g in markup.overlapping(r.start, r.end) if g.kind != "link"
                   or not (g.inner_start <= r.start and r.end <= g.inner_end)]  # fmt: skip
         value = text[r.start : r.end]

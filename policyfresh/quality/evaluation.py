@@ -201,6 +201,25 @@ class _PiiCheck:
                                                             "found": self.seen}))  # fmt: skip
 
 
+def _answer_vectors(settings: Settings, embedder: Embedder, answers: list[str]) -> np.ndarray:
+    """The expected answers' vectors, kept in the home by model and text hash: the same golden
+    answers are encoded once, not at every evaluation."""
+    name = "eval_answer_vectors"
+    kept = json.loads(read_state(settings, name) or "{}")
+    same_model = kept.get("model") == embedder.model_id
+    known: dict[str, list[float]] = kept["vectors"] if same_model else {}
+    keys = [hashlib.sha256(a.encode()).hexdigest() for a in answers]
+    missing = sorted({(k, a) for k, a in zip(keys, answers, strict=True) if k not in known})
+    if missing:
+        encoded = embedder.encode([a for _, a in missing])
+        known |= {k: v.tolist() for (k, _), v in zip(missing, encoded, strict=True)}
+        used = {k: known[k] for k in keys}
+        write_state(settings, name, json.dumps({"model": embedder.model_id, "vectors": used}))
+    return np.array([known[k] for k in keys], dtype=np.float32).reshape(
+        len(keys), embedder.dimensions
+    )
+
+
 def _traced(settings: Settings, caller: str) -> pl.DataFrame:
     """The evaluation's own retrievals, read back from `retrieval_traces`."""
     return delta_store.read_table(
@@ -396,7 +415,7 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
         latencies.append(row["latency_ms"])
     chunk_ids = sorted({h.chunk_id for r in results for h in r.hits})
     answered = [c for c in cases if c.expected_answer and not c.must_escalate]
-    encoded = embedder.encode([c.expected_answer for c in answered]) if answered else []
+    encoded = _answer_vectors(settings, embedder, [c.expected_answer for c in answered])
     judged, judge = _judge(settings, cases, results)
     context = {
         "eval_run_id": eval_run_id,
