@@ -149,6 +149,9 @@ def print_status(status: dict[str, Any]) -> None:
     waiting = status["waiting"]
     if waiting:
         print(f"  candidate {waiting['release']} waits: {waiting['why']}")
+    confidence = status["confidence"]
+    print(f"  confidence: {confidence['model_id']}, {confidence['status']}; questions under "
+          f"{confidence['threshold']} escalate")  # fmt: skip
 
 
 def print_impact(found: Impact, reasked: dict[str, Reasked]) -> None:
