@@ -110,11 +110,16 @@ def test_too_few_must_escalate_cases_fit_nothing_and_the_run_says_why(
     assert cases.filter(pl.col("case_id") == "oos")["escalated"].to_list() == [True]
 
 
-def test_an_out_of_scope_question_near_the_old_threshold_escalates(calibrated, embedder):
+def test_an_out_of_scope_question_near_the_old_threshold_escalates(calibrated, embedder, capsys):
     refresh(calibrated, embedder, "build")
     # No policy of the five sets an ATM limit; its best hit's cosine is just above the old
     # threshold (0.42), which would have answered it.
-    result = search(calibrated, embedder, "What is the daily limit for ATM cash withdrawals?")
+    question = "What is the daily limit for ATM cash withdrawals?"
+    result = search(calibrated, embedder, question)
     assert 0.42 <= result.signals["top_cosine"] < 0.5
     assert result.confidence_model == load_model(calibrated).model_id
     assert result.escalate and result.confidence < load_model(calibrated).threshold
+    main(["search", question])
+    assert "(escalate: a person should answer)" in capsys.readouterr().out
+    main(["search", "What is the overdraft item fee?"])
+    assert "escalate" not in capsys.readouterr().out
