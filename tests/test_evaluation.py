@@ -302,3 +302,21 @@ def test_expected_answers_are_encoded_once_per_model(small_settings, embedder, m
     assert (
         evaluation._answer_vectors(small_settings, other, answers) == other.encode(answers)
     ).all()
+
+
+def test_a_missed_passage_says_where_its_document_and_its_evidence_rank(
+    gated, embedder, tmp_path, monkeypatch
+):
+    # The question finds the policy's owners; the evidence asked for sits in its definitions.
+    far = ("far", "Who owns the card disputes policy?", "Card Services.", "fact", "low", "false",
+           "retail/card-disputes.md", "a temporary credit to the cardholder's account",
+           "")  # fmt: skip
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", str(write_golden(tmp_path / "far.csv", [far])))
+    built = refresh(Settings.load(), embedder, "build")
+    row = read_case_results(gated, built["eval"]["eval_run_id"]).row(0, named=True)
+    assert row["hit_at_1"] and row["document_rank"] == 1 and not row["evidence_at_5"]
+    assert 5 < row["evidence_rank"] <= 50
+    assert (
+        f"expected evidence not in the top 5 (its document at rank 1, the evidence at rank "
+        f"{row['evidence_rank']})" in row["failures"]
+    )

@@ -143,8 +143,10 @@ def test_the_whole_flow_runs_on_s3(s3_settings: Settings, s3: S3Server, embedder
     assert after["vectors"]["embedded"] == 0
     assert set(reconcile(s3_settings, embedder.model_id).values()) == {0}
     assert "$31 per item" in served_text(search(s3_settings, embedder, FEE_QUESTION))
-    # Nothing of the lake or the index went to the local disk: the home keeps small state only.
-    assert files_under(s3_settings.home) <= {"locks", "state", "secrets", "reports"}
+    # Nothing of the lake or the index went to the local disk: the home keeps small state only
+    # (and the confidence model the evaluation fitted).
+    assert files_under(s3_settings.home) <= {"locks", "state", "secrets", "reports",
+                                             "confidence.json"}  # fmt: skip
 
 
 def test_two_refreshes_on_two_machines_at_once_leave_one_index_and_one_release(

@@ -1,3 +1,5 @@
+import shutil
+
 import polars as pl
 import pytest
 from deltalake import DeltaTable
@@ -12,7 +14,7 @@ from policyfresh.serve.traces import TraceNotFoundError, explain_trace
 from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.errors import PolicyfreshError
 from policyfresh.store.tables import RETRIEVAL_TRACES
-from tests.conftest import HashEmbedder
+from tests.conftest import HANDBOOK, HashEmbedder
 
 
 def test_search_before_any_build_is_a_clear_error(small_settings, embedder):
@@ -145,3 +147,27 @@ def test_a_caller_reads_only_its_classifications_and_the_trace_says_which(small_
     assert by_id[internal.trace_id]["api_key_id"] is None
     with pytest.raises(PolicyfreshError, match="may read no classification"):
         search(small_settings, embedder, sentence, entitled=[])
+
+
+LEAVE_PAGES = [
+    f"travel-and-leave/{name}.md"
+    for name in ("paid-parental-leave", "leave", "fmla", "advanced-sick-leave",
+                 "voluntary-leave-transfer-program", "overtime", "going-out-of-office")
+]  # fmt: skip
+
+
+def test_a_fact_inside_a_long_section_is_served_in_the_top_5(tmp_path, embedder, monkeypatch):
+    # The 18F handbook's parental leave page: the section is found first, but the one sentence
+    # that answers shares its chunk with five other rules of the same section.
+    for page in LEAVE_PAGES:
+        target = tmp_path / "policies" / page
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HANDBOOK / "pages" / page, target)
+    monkeypatch.setenv("POLICYFRESH_GOLDEN_CASES", "none")
+    settings = Settings.load(home=tmp_path / "home", policies=tmp_path / "policies")
+    refresh(settings, embedder, "build")
+    question = "If I split my baby leave into pieces, when does the stay-on period start?"
+    evidence = "the 12 week period still begins after your *final* day of PPL"
+    result = search(settings, embedder, question, k=5)
+    assert result.hits[0].doc_id == "travel-and-leave/paid-parental-leave.md"
+    assert any(evidence in h.text for h in result.hits)

@@ -149,6 +149,9 @@ def print_status(status: dict[str, Any]) -> None:
     waiting = status["waiting"]
     if waiting:
         print(f"  candidate {waiting['release']} waits: {waiting['why']}")
+    confidence = status["confidence"]
+    print(f"  confidence: {confidence['model_id']}, {confidence['status']}; questions under "
+          f"{confidence['threshold']} escalate")  # fmt: skip
 
 
 def print_impact(found: Impact, reasked: dict[str, Reasked]) -> None:
@@ -254,9 +257,11 @@ def print_evaluation(summary: dict[str, Any], failing: pl.DataFrame) -> None:
 
 
 def print_search(result: SearchResult) -> None:
-    """The question, its receipt (trace, release, confidence, time) and each hit's passage."""
+    """The question, its receipt (trace, release, confidence, time) and each hit's passage; a
+    question the confidence model escalates says so first."""
+    escalate = " (escalate: a person should answer)" if result.escalate else ""
     print(f"{result.question}\n  trace {result.trace_id}, release {result.release}, "
-          f"confidence {result.confidence:.2f}, {result.latency_ms:.0f} ms")  # fmt: skip
+          f"confidence {result.confidence:.2f}{escalate}, {result.latency_ms:.0f} ms")  # fmt: skip
     for rank, hit in enumerate(result.hits, start=1):
         print(f"  {rank}. {hit.doc_id} v{hit.doc_version} [{hit.heading}] "
               f"chars {hit.char_start}-{hit.char_end} score {hit.score:.4f}")  # fmt: skip

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunks import chunking_id
 from policyfresh.index.embedding import Embedder
 from policyfresh.index.vectors import open_vectors
 from policyfresh.ingest.documents import read_documents
 from policyfresh.ingest.pii import NER_ENTITIES, detect_pii, detector_id
+from policyfresh.quality.calibration import calibrate
 from policyfresh.quality.gate import compare, decide, metric_deltas, run_metrics
 from policyfresh.quality.golden import GoldenCase, GoldenSet, load_golden, normalize
 from policyfresh.quality.judge import NOT_CONFIGURED, Judge, JudgeError
@@ -28,7 +31,15 @@ from policyfresh.release.releases import (
     record_candidate,
     served_release,
 )
-from policyfresh.serve.search import SearchResult, hit_records, search_many
+from policyfresh.serve.confidence import Scorer, scorer
+from policyfresh.serve.search import (
+    RETRIEVAL_ID,
+    SearchResult,
+    hit_records,
+    open_index,
+    retrieve,
+    search_many,
+)
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
 from policyfresh.store.local_state import read_state, write_state
@@ -38,6 +49,7 @@ from policyfresh.store.tables import EVAL_CASE_RESULTS, EVAL_RUNS, RETRIEVAL_TRA
 log = logging.getLogger(__name__)
 
 EVAL_K = 10  # hits retrieved per case: stale evidence and reciprocal rank look this deep
+DEPTH = 50  # how far down the ranking a missed source or evidence is looked for
 TOP = 5  # hit@5 and evidence recall@5
 EVIDENCE_CHARS = 300
 
@@ -74,6 +86,7 @@ class Evaluation:
             "reasons": self.run["reasons"],
             "skipped": self.run["skipped"],
             "judge": self.run["judge"],
+            "confidence_model": self.run["confidence_model"],
             "reused": self.reused,
         }
 
@@ -250,19 +263,64 @@ def _duplicates(trace_hits: list[dict], stored: dict[str, dict]) -> int:
 
 
 def retrieval_checks(case: GoldenCase, hits: list[tuple[str, str]]) -> dict[str, Any]:
-    """The deterministic retrieval layer of one case over its ranked (doc_id, text) hits:
-    hit@1 and hit@5 of a source policy, reciprocal rank, evidence in the top 5, stale
-    evidence anywhere."""
-    ranks = [rank for rank, (doc, _) in enumerate(hits, start=1) if doc in case.source_policy]
+    """The deterministic retrieval layer of one case over its ranked (doc_id, text) hits, the
+    first EVAL_K as served, any further ones deeper down the same ranking: hit@1 and hit@5 of a
+    source policy, reciprocal rank, evidence in the top 5, stale evidence in the top EVAL_K,
+    and the ranks at which a source policy and the evidence first appear."""
     texts = [normalize(text or "") for _, text in hits]
+    document = next((r for r, (doc, _) in enumerate(hits, 1) if doc in case.source_policy), None)
+    evidence = next(
+        (r for r, text in enumerate(texts, 1) if case.expected_evidence in text), None
+    ) if case.expected_evidence else None  # fmt: skip
     return {
-        "hit_at_1": bool(ranks) and ranks[0] == 1,
-        "hit_at_5": bool(ranks) and ranks[0] <= TOP,
-        "reciprocal_rank": 1 / ranks[0] if ranks else 0.0,
-        "evidence_at_5": bool(case.expected_evidence)
-        and any(case.expected_evidence in t for t in texts[:TOP]),
-        "stale_served": bool(case.stale_evidence) and any(case.stale_evidence in t for t in texts),
+        "hit_at_1": document == 1,
+        "hit_at_5": document is not None and document <= TOP,
+        "reciprocal_rank": 1 / document if document and document <= EVAL_K else 0.0,
+        "evidence_at_5": evidence is not None and evidence <= TOP,
+        "stale_served": bool(case.stale_evidence)
+        and any(case.stale_evidence in t for t in texts[:EVAL_K]),
+        "document_rank": document,
+        "evidence_rank": evidence,
     }
+
+
+def _where(checks: dict[str, Any]) -> str:
+    """Where a missed answer sits, for its owner: the page found and the passage not, or
+    neither."""
+    document, evidence = checks["document_rank"], checks["evidence_rank"]
+    found = f"its document at rank {document}" if document else f"no source in the top {DEPTH}"
+    passage = f"the evidence at rank {evidence}" if evidence else f"not in the top {DEPTH}"
+    return f"{found}, {passage}"
+
+
+def _ranked(
+    settings: Settings,
+    embedder: Embedder,
+    version: int,
+    cases: list[GoldenCase],
+    results: list[SearchResult],
+) -> dict[str, list[tuple[str, str]]]:
+    """Each case's ranked (doc_id, text) hits: the served ones, or, when its source or its
+    evidence is not among them, the same ranking down to DEPTH: how far down a miss sits."""
+    ranked = {
+        c.case_id: [(h.doc_id, h.text) for h in r.hits] for c, r in zip(cases, results, strict=True)
+    }
+    missed = []
+    for case in cases:
+        checks = retrieval_checks(case, ranked[case.case_id])
+        if case.source_policy and (
+            checks["document_rank"] is None
+            or (case.expected_evidence and checks["evidence_rank"] is None)
+        ):
+            missed.append(case)
+    if not missed:
+        return ranked
+    index = open_index(settings, version)
+    vectors = embedder.encode([c.user_question for c in missed])
+    for case, vector in zip(missed, vectors, strict=True):
+        deeper = retrieve(index.dataset, case.user_question, vector, EVAL_K, None, depth=DEPTH)
+        ranked[case.case_id] = [(row["doc_id"], row["text"]) for row in deeper.rows]
+    return ranked
 
 
 def _case_result(
@@ -271,10 +329,11 @@ def _case_result(
     context: dict[str, Any],
 ) -> dict[str, Any]:
     corpus: _Corpus = context["corpus"]
-    threshold: float = context["threshold"]
+    scorer: Scorer = context["confidence"]
+    threshold = scorer.threshold
     hits, top = result.hits, result.hits[:TOP]
     sources = set(case.source_policy)
-    checks = retrieval_checks(case, [(h.doc_id, h.text) for h in hits])
+    checks = retrieval_checks(case, context["ranked"][case.case_id])
     superseded = sum(
         (corpus.live(h.doc_id) or {}).get("doc_version") != h.doc_version for h in hits
     )
@@ -287,18 +346,19 @@ def _case_result(
     traced = context["traces"].get(result.question, [])
     retrievals = len(traced)
     duplicates = _duplicates(traced[0]["hits"], stored) if traced else 0
-    escalated = result.confidence < threshold
+    confidence = scorer.score(result.signals)  # as search serves it from this evaluation on
+    escalated = confidence < threshold
 
     failures = []
     if case.must_escalate and not escalated:
-        failures.append(f"not escalated (confidence {result.confidence:.2f} >= {threshold})")
+        failures.append(f"not escalated (confidence {confidence:.2f} >= {threshold})")
     if not case.must_escalate:
         if not checks["hit_at_5"]:
-            failures.append(f"no source policy in the top {TOP}")
+            failures.append(f"no source policy in the top {TOP} ({_where(checks)})")
         if not checks["evidence_at_5"]:
-            failures.append(f"expected evidence not in the top {TOP}")
+            failures.append(f"expected evidence not in the top {TOP} ({_where(checks)})")
         if escalated:
-            failures.append(f"escalated (confidence {result.confidence:.2f} < {threshold})")
+            failures.append(f"escalated (confidence {confidence:.2f} < {threshold})")
     if checks["stale_served"]:
         failures.append("stale evidence served")
     if superseded:
@@ -338,7 +398,7 @@ def _case_result(
         "retrievals": retrievals,
         "similarity": similarity,
         "judge_score": context["judged"].get(case.case_id),
-        "confidence": result.confidence,
+        "confidence": confidence,
         "escalated": escalated,
         "passed": passed,
         "status": status,
@@ -417,16 +477,25 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
     answered = [c for c in cases if c.expected_answer and not c.must_escalate]
     encoded = _answer_vectors(settings, embedder, [c.expected_answer for c in answered])
     judged, judge = _judge(settings, cases, results)
+    model, confidence_note = calibrate(
+        settings,
+        [c.case_id for c in cases],
+        [r.signals for r in results],
+        [not c.must_escalate for c in cases],
+        golden_sha,
+        f"{chunking_id(settings, Chunker.for_model(embedder))}/{RETRIEVAL_ID}",
+    ) if cases else (None, "cosine: no golden cases")  # fmt: skip
     context = {
         "eval_run_id": eval_run_id,
         "corpus": corpus,
-        "threshold": settings.gate.escalation_threshold,
+        "confidence": model or scorer(settings),
         "pii": _PiiCheck(settings),
         "vectors": _vectors(settings, candidate, chunk_ids) if chunk_ids else {},
         "answers": {c.case_id: v for c, v in zip(answered, encoded, strict=True)},
         "traces": traces,
         "affected": affected,
         "judged": judged,
+        "ranked": _ranked(settings, embedder, candidate, cases, results),
     }
     rows = [_case_result(c, r, context) for c, r in zip(cases, results, strict=True)]
     context["pii"].save()
@@ -458,6 +527,7 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
         "skipped": skipped,
         "judge": judge,
         "run_id": run_id,
+        "confidence_model": confidence_note,
     }
     if rows:
         delta_store.append(

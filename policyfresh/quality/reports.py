@@ -57,9 +57,9 @@ ACTIONS = {
 KEY_COLUMNS = tuple(dict.fromkeys(k for table in TABLES.values() for k in table.key))
 CASE_COLUMNS = ["eval_run_id", "case_id", "risk_category", "must_escalate", "sources",
                 "affected_reason", "hits", "hit_at_5", "status", "failures", "expected_evidence",
-                "served_evidence"]  # fmt: skip
+                "served_evidence", "document_rank", "evidence_rank"]  # fmt: skip
 CASE_SHOWN = ("case_id", "risk_category", "status", "affected_reason", "expected_evidence",
-              "doc_ids")  # fmt: skip
+              "doc_ids", "document_rank", "evidence_rank")  # fmt: skip
 DOCUMENT_COLUMNS = ["doc_id", "doc_version", "is_deleted", "change", "title", "owners",
                     "classification", "ingested_at", "pii_spans", "text"]  # fmt: skip
 

@@ -9,6 +9,7 @@ from policyfresh.index.chunks import chunking_id, oversized_chunks, read_chunks,
 from policyfresh.index.embedding import Embedder
 from policyfresh.index.vectors import open_vectors, reconcile
 from policyfresh.ingest.documents import read_documents
+from policyfresh.serve.confidence import scorer
 from policyfresh.store.config import Settings
 from policyfresh.store.locks import lock_location
 
@@ -35,4 +36,5 @@ def index_status(settings: Settings, embedder: Embedder) -> dict[str, Any]:
         "documents_not_chunked": unchunked_documents(settings, documents, config_id).height,
         "chunks_over_token_limit": oversized_chunks(settings, chunker.max_tokens),
         "reconciliation": reconcile(settings, embedder.model_id),
+        "confidence": scorer(settings).describe(),
     }

@@ -18,6 +18,8 @@ import pyarrow.compute as pc
 
 from policyfresh.index.vectors import METADATA, vectors_dataset
 from policyfresh.release.releases import served_release
+from policyfresh.serve.confidence import Scorer, features, scorer
+from policyfresh.serve.passages import with_passages
 from policyfresh.serve.trace_store import write_traces
 from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.errors import PolicyfreshError
@@ -35,6 +37,9 @@ class ModelMismatchError(PolicyfreshError):
 # Reciprocal rank fusion: each retriever's candidates score 1 / (RRF_K + rank), summed.
 RRF_K = 60
 CANDIDATES = 10  # candidates each retriever gives the fusion (at least k): measured best
+PASSAGE_WEIGHT = 0.3  # what a candidate's best sentence adds to its cosine: measured best
+# The retrieval's configuration: with the chunking, what a fitted confidence model depends on.
+RETRIEVAL_ID = f"rrf-{RRF_K}/candidates-{CANDIDATES}/passage-{PASSAGE_WEIGHT}"
 NPROBES = 20  # IVF partitions probed once the table has a vector index (LanceDB's default)
 COLUMNS = [*(c for c in METADATA if c != "embed_text"), "model_id", "vector"]
 
@@ -75,6 +80,7 @@ class Index:
     dataset: lance.LanceDataset
     release: int | None
     model_ids: frozenset[str]
+    confidence: Scorer
 
     @property
     def version(self) -> int:
@@ -110,11 +116,18 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResult:
+    """The hits of one question, and how sure search is that they answer it: `confidence` in
+    [0, 1] from `confidence_model` over `signals`, `escalate` when it is under that model's
+    threshold (a person should answer)."""
+
     trace_id: str
     question: str
     index_version: int
     release: int | None
     confidence: float
+    escalate: bool
+    confidence_model: str
+    signals: dict[str, float]
     latency_ms: float
     hits: list[Hit]
 
@@ -151,39 +164,95 @@ def open_index(settings: Settings, version: int | None = None) -> Index:
             )
     dataset = latest.checkout_version(version)
     models = pc.unique(dataset.to_table(columns=["model_id"])["model_id"]).to_pylist()
-    return Index(dataset, release, frozenset(models))
+    return Index(dataset, release, frozenset(models), scorer(settings))
 
 
-def retrieve(
-    dataset: lance.LanceDataset, question: str, vector: np.ndarray, k: int, where: str | None
-) -> list[dict]:
-    """Top k rows by reciprocal rank fusion of vector and full-text (BM25) candidates, each
-    with `_score` (the fusion score) and `_similarity` (cosine of its vector to the question).
-    `where` filters inside both retrievers, so a row the caller may not read never takes a
-    place among the candidates."""
-    limit = max(k, CANDIDATES)
+@dataclass(frozen=True)
+class Retrieval:
+    """One question's fused ranking, best first, and what it was fused from: `nearest` by
+    cosine, `matched` by BM25 (rows with `_score`) and `passages`, the candidates of both by
+    their cosine and their best sentence's `_passage` (see `policyfresh.serve.passages`).
+    Every row has `_similarity`, its cosine to the question."""
+
+    rows: list[dict]
+    nearest: list[dict]
+    matched: list[dict]
+    passages: list[dict]
+
+
+def candidates(
+    dataset: lance.LanceDataset, question: str, vector: np.ndarray, limit: int, where: str | None
+) -> tuple[list[dict], list[dict]]:
+    """The `limit` nearest rows by cosine and the `limit` best by BM25, `where` applied inside
+    both, so a row the caller may not read never takes a place among them."""
     nearest = {"column": "vector", "q": vector, "k": limit, "metric": "cosine",
                "minimum_nprobes": NPROBES}  # fmt: skip
-    rankings = [  # naming the score columns keeps Lance from warning that it adds them
+    found = (  # naming the score columns keeps Lance from warning that it adds them
         dataset.to_table(
             columns=[*COLUMNS, "_distance"], nearest=nearest, filter=where, prefilter=True
-        ).to_pylist(),
+        ),
         dataset.to_table(
             columns=[*COLUMNS, "_score"], full_text_query=question, filter=where,
             prefilter=True, limit=limit,
-        ).to_pylist(),
-    ]  # fmt: skip
+        ),
+    )  # fmt: skip
+    by_vector, by_text = (
+        [r | {"_similarity": float(np.dot(r["vector"], vector))} for r in table.to_pylist()]
+        for table in found
+    )
+    return by_vector, by_text
+
+
+def pool(*rankings: list[dict]) -> list[dict]:
+    """The rows of several rankings, each once, in the order first seen."""
+    return list({r["chunk_id"]: r for ranking in rankings for r in ranking}.values())
+
+
+def fuse(rankings: tuple[list[dict], ...]) -> list[dict]:
+    """Rows by reciprocal rank fusion, each with `_score`, its fusion score."""
     scores: dict[str, float] = {}
     rows: dict[str, dict] = {}
     for ranking in rankings:
         for rank, row in enumerate(ranking, start=1):
             scores[row["chunk_id"]] = scores.get(row["chunk_id"], 0.0) + 1 / (RRF_K + rank)
             rows.setdefault(row["chunk_id"], row)
-    top = sorted(scores, key=lambda chunk: -scores[chunk])[:k]
-    return [
-        rows[c] | {"_score": scores[c], "_similarity": float(np.dot(rows[c]["vector"], vector))}
-        for c in top
-    ]
+    return [rows[c] | {"_score": scores[c]} for c in sorted(scores, key=lambda c: -scores[c])]
+
+
+def by_passage(question: str, rows: list[dict]) -> list[dict]:
+    """The rows by their cosine plus PASSAGE_WEIGHT times their best sentence's share of the
+    question's words, best first."""
+    scored = with_passages(question, rows)
+    return sorted(scored, key=lambda r: -(r["_similarity"] + PASSAGE_WEIGHT * r["_passage"]))
+
+
+def _rankings(
+    dataset: lance.LanceDataset, question: str, vector: np.ndarray, limit: int, where: str | None
+) -> tuple[list[dict], list[dict], list[dict]]:
+    nearest, matched = candidates(dataset, question, vector, limit, where)
+    return nearest, matched, by_passage(question, pool(nearest, matched))[:limit]
+
+
+def retrieve(
+    dataset: lance.LanceDataset,
+    question: str,
+    vector: np.ndarray,
+    k: int,
+    where: str | None,
+    depth: int = 0,
+) -> Retrieval:
+    """Top k rows by reciprocal rank fusion of three rankings: the vector and full-text (BM25)
+    candidates, and the same candidates by their cosine and best sentence (`by_passage`),
+    which lifts the chunk whose one sentence answers. With `depth` over k, the ranking goes on
+    to `depth` rows from deeper candidate lists, the first k unchanged: how far down a missed
+    passage sits."""
+    rankings = _rankings(dataset, question, vector, max(k, CANDIDATES), where)
+    rows = fuse(rankings)[:k]
+    if depth > k:
+        served = {r["chunk_id"] for r in rows}
+        deeper = fuse(_rankings(dataset, question, vector, depth, where))
+        rows += [r for r in deeper if r["chunk_id"] not in served][: depth - len(rows)]
+    return Retrieval(rows, *rankings)
 
 
 def answer(
@@ -197,7 +266,10 @@ def answer(
 ) -> tuple[SearchResult, dict[str, Any]]:
     """Search one question whose vector `model_id` computed; its result and its trace row.
     `started` is when the question arrived, so latency includes the encoding."""
-    rows = retrieve(index.dataset, question, vector, k, caller.where())
+    retrieval = retrieve(index.dataset, question, vector, k, caller.where())
+    rows = retrieval.rows
+    signals = features(question, rows, retrieval.nearest, retrieval.matched, retrieval.passages)
+    confidence = index.confidence.score(signals)
     latency = (time.perf_counter() - started) * 1000
     trace_id = uuid.uuid4().hex
     hits = [
@@ -219,9 +291,17 @@ def answer(
         )
         for r in rows
     ]
-    confidence = round(max((r["_similarity"] for r in rows), default=0.0), 4)
     result = SearchResult(
-        trace_id, question, index.version, index.release, confidence, round(latency, 2), hits
+        trace_id=trace_id,
+        question=question,
+        index_version=index.version,
+        release=index.release,
+        confidence=confidence,
+        escalate=confidence < index.confidence.threshold,
+        confidence_model=index.confidence.model_id,
+        signals={name: round(value, 6) for name, value in signals.items()},
+        latency_ms=round(latency, 2),
+        hits=hits,
     )
     trace = {
         "trace_id": trace_id,

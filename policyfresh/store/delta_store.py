@@ -82,11 +82,17 @@ def set_properties(delta: DeltaTable, properties: dict[str, str], run_id: str) -
 def read_table(
     uri: str, schema: pa.Schema, columns: list[str] | None = None, where: pl.Expr | None = None
 ) -> pl.DataFrame:
-    """Rows (filtered and projected in the scan) as polars; empty with the schema if no table."""
+    """Rows (filtered and projected in the scan) as polars; empty with the schema if no table.
+    A column a later release of policyfresh added is null in rows written before it."""
     delta = open_table(uri)  # scanned as opened: the log is read once
-    frame = (
-        pl.scan_delta(delta) if delta is not None else pl.from_arrow(schema.empty_table()).lazy()
-    )
+    declared = pl.from_arrow(schema.empty_table()).schema
+    if delta is None:
+        frame = pl.from_arrow(schema.empty_table()).lazy()
+    else:
+        frame = pl.scan_delta(delta)
+        stored = frame.collect_schema().names()
+        added = [pl.lit(None, dtype).alias(n) for n, dtype in declared.items() if n not in stored]
+        frame = frame.with_columns(added) if added else frame
     if where is not None:
         frame = frame.filter(where)
     return (frame.select(columns) if columns else frame).collect()

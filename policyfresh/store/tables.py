@@ -186,6 +186,8 @@ EVAL_RUNS = TableDef(
         col("skipped", pa.list_(pa.string()), "Cases not evaluated: file, line and reason"),
         col("judge", pa.string(), "LLM judge model, or 'not configured'"),
         col("run_id", pa.string(), "Dagster run (or CLI invocation) that evaluated"),
+        col("confidence_model", pa.string(), "What decided escalation: the fitted confidence "
+            "model (kept or refitted, and why) or the cosine"),
     ]),
 )  # fmt: skip
 
@@ -217,8 +219,9 @@ EVAL_CASE_RESULTS = TableDef(
         col("retrievals", pa.int64(), "Retrieval calls traced for the case (must be 1)"),
         col("similarity", pa.float64(), "Cosine of expected_answer to the best top-5 text"),
         col("judge_score", pa.float64(), "LLM judge groundedness, null when not configured"),
-        col("confidence", pa.float64(), "Best hit's cosine to the question"),
-        col("escalated", pa.bool_(), "confidence under the escalation threshold"),
+        col("confidence", pa.float64(), "Confidence the corpus answers, in [0, 1]: the fitted "
+            "model's, else the best hit's cosine"),
+        col("escalated", pa.bool_(), "confidence under the threshold of what scored it"),
         col("passed", pa.bool_(), "Every check of the case passed"),
         col("status", pa.string(), "pass, fail or needs_review (evidence or source moved)"),
         col("failures", pa.list_(pa.string()), "What failed, in words"),
@@ -226,6 +229,10 @@ EVAL_CASE_RESULTS = TableDef(
         col("served_evidence", pa.string(), "Best source hit's text as served (redacted)",
             pii="redacted"),
         col("trace_id", pa.string(), "Trace of the case's retrieval in retrieval_traces"),
+        col("document_rank", pa.int64(), "Rank of the first hit from a source policy in the "
+            "top 50; null when none"),
+        col("evidence_rank", pa.int64(), "Rank of the first hit holding expected_evidence in "
+            "the top 50; null when none"),
     ]),
 )  # fmt: skip
 
