@@ -52,6 +52,18 @@ mutation Terminate($runId: String!) {
     ... on PythonError { message }
   }
 }"""
+SENSOR_ID = """
+query SensorId($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) { ... on Sensor { id } }
+}"""
+STOP_SENSOR = """
+mutation StopSensor($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+  }
+}"""
 MESSAGES = """
 query Messages($runId: ID!) {
   logsForRun(runId: $runId, limit: 100000) {
@@ -130,6 +142,13 @@ class Dev:
             time.sleep(0.2)
         return True
 
+    def stop_sensor(self, name: str) -> None:
+        """Stop a sensor as the UI's toggle does."""
+        selector = {k: SELECTOR[k] for k in ("repositoryLocationName", "repositoryName")}
+        found = self.bench.graphql(self.client, SENSOR_ID, selector=selector | {"sensorName": name})
+        stopped = self.bench.graphql(self.client, STOP_SENSOR, id=found["sensorOrError"]["id"])
+        assert stopped["stopSensor"]["instigationState"]["status"] == "STOPPED", stopped
+
     def edit(self, words: str) -> None:
         page = self.corpus / EDITED
         page.write_text(page.read_text() + f"\n{words}\n")
@@ -192,6 +211,7 @@ def _a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev: De
 
 
 def _policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev: Dev) -> None:
+    dev.stop_sensor(dev.bench.TRIGGER)  # else its run may take the edit before the command's
     dev.edit("Handed to the warm worker.")
     probe = (
         "import sys\n"
