@@ -78,12 +78,27 @@ def test_the_fit_is_deterministic_kept_and_refitted_when_the_golden_file_changes
     assert refitted.model_id != model.model_id
 
 
-def test_without_a_fit_search_serves_the_cosine_and_status_says_so(calibrated, embedder, capsys):
+def test_a_question_near_the_old_threshold_escalates_and_without_a_fit_the_cosine_serves(
+    calibrated, embedder, capsys
+):
+    """One build: the fitted model escalates an out-of-scope question the old cosine threshold
+    answered; with the fit gone, search serves the cosine and `status` says so."""
     refresh(calibrated, embedder, "build")
     main(["status"])
     assert f"confidence: {load_model(calibrated).model_id}, fitted on 9 golden cases" in (
         capsys.readouterr().out
     )
+    # No policy of the five sets an ATM limit; its best hit's cosine is just above the old
+    # threshold (0.42), which would have answered it.
+    question = "What is the daily limit for ATM cash withdrawals?"
+    result = search(calibrated, embedder, question)
+    assert 0.42 <= result.signals["top_cosine"] < 0.5
+    assert result.confidence_model == load_model(calibrated).model_id
+    assert result.escalate and result.confidence < load_model(calibrated).threshold
+    main(["search", question])
+    assert "(escalate: a person should answer)" in capsys.readouterr().out
+    main(["search", "What is the overdraft item fee?"])
+    assert "escalate" not in capsys.readouterr().out
 
     model_path(calibrated).unlink()  # a home whose fit is missing
     served = search(calibrated, embedder, "What is the overdraft item fee?")
@@ -108,18 +123,3 @@ def test_too_few_must_escalate_cases_fit_nothing_and_the_run_says_why(
     assert load_model(gated) is None
     cases = read_case_results(gated, built["eval"]["eval_run_id"])
     assert cases.filter(pl.col("case_id") == "oos")["escalated"].to_list() == [True]
-
-
-def test_an_out_of_scope_question_near_the_old_threshold_escalates(calibrated, embedder, capsys):
-    refresh(calibrated, embedder, "build")
-    # No policy of the five sets an ATM limit; its best hit's cosine is just above the old
-    # threshold (0.42), which would have answered it.
-    question = "What is the daily limit for ATM cash withdrawals?"
-    result = search(calibrated, embedder, question)
-    assert 0.42 <= result.signals["top_cosine"] < 0.5
-    assert result.confidence_model == load_model(calibrated).model_id
-    assert result.escalate and result.confidence < load_model(calibrated).threshold
-    main(["search", question])
-    assert "(escalate: a person should answer)" in capsys.readouterr().out
-    main(["search", "What is the overdraft item fee?"])
-    assert "escalate" not in capsys.readouterr().out
