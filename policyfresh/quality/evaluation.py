@@ -228,9 +228,7 @@ def _answer_vectors(settings: Settings, embedder: Embedder, answers: list[str]) 
         known |= {k: v.tolist() for (k, _), v in zip(missing, encoded, strict=True)}
         used = {k: known[k] for k in keys}
         write_state(settings, name, json.dumps({"model": embedder.model_id, "vectors": used}))
-    return np.array([known[k] for k in keys], dtype=np.float32).reshape(
-        len(keys), embedder.dimensions
-    )
+    return np.array([known[k] for k in keys], dtype=np.float32).reshape(-1, embedder.dimensions)
 
 
 def _traced(settings: Settings, caller: str) -> pl.DataFrame:

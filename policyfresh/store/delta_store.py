@@ -18,8 +18,8 @@ from policyfresh.store.tables import TableDef
 log = logging.getLogger(__name__)
 
 COMMIT_RETRIES = 5
-T = TypeVar("T")
 COMPACT_EVERY = 100  # appends (one per search) leave small files: compact every N versions
+T = TypeVar("T")
 
 
 def commit_properties(run_id: str, operation: str) -> CommitProperties:
@@ -85,13 +85,13 @@ def read_table(
     """Rows (filtered and projected in the scan) as polars; empty with the schema if no table.
     A column a later release of policyfresh added is null in rows written before it."""
     delta = open_table(uri)  # scanned as opened: the log is read once
-    declared = pl.from_arrow(schema.empty_table()).schema
+    empty = pl.from_arrow(schema.empty_table())
     if delta is None:
-        frame = pl.from_arrow(schema.empty_table()).lazy()
+        frame = empty.lazy()
     else:
         frame = pl.scan_delta(delta)
         stored = frame.collect_schema().names()
-        added = [pl.lit(None, dtype).alias(n) for n, dtype in declared.items() if n not in stored]
+        added = [pl.lit(None, t).alias(n) for n, t in empty.schema.items() if n not in stored]
         frame = frame.with_columns(added) if added else frame
     if where is not None:
         frame = frame.filter(where)
