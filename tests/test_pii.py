@@ -232,6 +232,19 @@ def test_names_alone_in_cells_are_redacted_and_places_named_after_people_are_not
     )
 
 
+def test_a_title_before_a_surname_common_as_a_word_names_it_there_and_after():
+    """"Clinton" is a census surname and a common word: after "President" it is a name, and
+    the same name is redacted where it stands alone."""
+    text = (
+        "President Clinton announced the gift of a search engine from entrepreneur\n"
+        "Eric Brewer. Clinton called for us to use it.\n"
+    )
+    assert redact(text, detect_pii(text))[0] == (
+        "President <PERSON> announced the gift of a search engine from entrepreneur\n"
+        "<PERSON>. <PERSON> called for us to use it.\n"
+    )
+
+
 def test_a_rare_run_on_a_line_shaped_like_no_listed_name_is_not_taken_for_one():
     """No word of "Ysmerai Quodlin" is in a name list: only a staff list vouches for it."""
     text = "Ask at the desk.\n\n          Ysmerai Quodlin - 18F\n"

@@ -107,13 +107,18 @@ def _census() -> tuple[dict[str, int], dict[str, int]]:
     return first, surnames
 
 
+def _surname_rank(word: str) -> int:
+    """A word's best census surname rank (of its hyphenated parts); past the list, one more."""
+    parts = re.split(r"[-\u2019']", _plain(word).lower().rstrip("."))
+    return min(
+        (_census()[1].get(p, SURNAME_RANK + 1) for p in parts if p), default=SURNAME_RANK + 1
+    )
+
+
 @cache
 def is_surname(word: str) -> bool:
     """A census surname, within `SURNAME_RANK`, and within `COMMON_SURNAME_RANK` if common."""
-    parts = re.split(r"[-\u2019']", _plain(word).lower().rstrip("."))
-    rank = min(
-        (_census()[1].get(p, SURNAME_RANK + 1) for p in parts if p), default=SURNAME_RANK + 1
-    )
+    rank = _surname_rank(word)
     return rank <= SURNAME_RANK and (rank <= COMMON_SURNAME_RANK or zipf(word) < COMMON_ZIPF)
 
 
@@ -265,13 +270,24 @@ class PersonJudge:
         last = [w.lower() for w in _WORD.findall(before)[-1:]]
         if set(last) & HONORIFICS:
             return True
-        if set(last) & _titles() and len(candidate.words) == 1:  # "President Nixon"
-            return is_surname(candidate.words[0]) or self._rare(candidate.words[0])
+        if set(last) & _titles() and len(candidate.words) == 1:  # surnames: `_titled_surname`
+            return self._rare(candidate.words[0])
         words = _WORD.findall(re.split(r"[.!?;:][*_)\]]*\s", before)[-1])[-CONTEXT_WINDOW:]
         named = all(zipf(w) < RARE_ZIPF for w in candidate.words) or (
             len(candidate.words) >= 2 and is_surname(candidate.words[-1])
         )
         return named and any(w.lower() in _titles() for w in words)
+
+    def _titled_surname(self, candidate: Candidate) -> bool:
+        """A census surname right after a title, however common as a word ("President
+        Clinton")."""
+        line_start, _ = self.markup.line_of(candidate.start)
+        last = _WORD.findall(self.text[line_start : candidate.start])[-1:]
+        return (
+            len(candidate.words) == 1
+            and bool({w.lower() for w in last} & _titles())
+            and _surname_rank(candidate.words[0]) <= SURNAME_RANK
+        )
 
     def _address_names(self, start: int) -> set[str]:
         """Words of the local parts of email addresses in the paragraph around `start`."""
@@ -300,6 +316,8 @@ class PersonJudge:
             return None
         if {_plain(w).lower() for w in words} & self._address_names(candidate.start):
             return "address"
+        if self._titled_surname(candidate):
+            return "title"
         if all(self.common(w) for w in words) or self._names_a_place(candidate):
             return None
         if self._context(candidate):

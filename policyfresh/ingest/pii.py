@@ -31,7 +31,7 @@ PHONE_REGIONS = ("US", "GB")
 # ("SSN", "social security") to pass; checksum-validated cards and IBANs score 1.0.
 SCORE_THRESHOLD = 0.3
 NER_BATCH = 64  # paragraphs per call of the NER model
-RECOGNIZERS_VERSION = "6"  # bumped when recognizers or how spans combine change: all rescanned
+RECOGNIZERS_VERSION = "7"  # bumped when recognizers or how spans combine change: all rescanned
 
 
 class PiiDetectorError(PolicyfreshError):
