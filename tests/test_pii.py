@@ -233,8 +233,8 @@ def test_names_alone_in_cells_are_redacted_and_places_named_after_people_are_not
 
 
 def test_a_title_before_a_surname_common_as_a_word_names_it_there_and_after():
-    """A census surname common as a word ("Clinton") and a common word: after "President" it is a name, and
-    the same name is redacted where it stands alone."""
+    """A census surname that is also a common word ("Clinton") is a name after "President",
+    and the same name is redacted where it stands alone."""
     text = (
         "President Clinton announced the gift of a search engine from entrepreneur\n"
         "Eric Brewer. Clinton called for us to use it.\n"
