@@ -500,7 +500,8 @@ def evaluate(settings: Settings, embedder: Embedder, run_id: str) -> Evaluation 
     frame = pl.DataFrame(rows, schema=empty_frame(EVAL_CASE_RESULTS).schema)
     metrics = run_metrics(frame, latencies) if rows else None
     baseline_cases = read_case_results(settings, baseline and baseline["eval_run_id"])
-    verdict, reasons = decide(settings.gate, frame, baseline_cases)
+    threshold = context["confidence"].threshold
+    verdict, reasons = decide(settings.gate, threshold, frame, baseline_cases)
     previous_cases = read_case_results(settings, previous and previous["eval_run_id"])
     changes = {
         **compare(frame, previous_cases),

@@ -79,11 +79,15 @@ def _describe(case: dict[str, Any]) -> str:
     return f"{case['case_id']} ({kind}): {'; '.join(case['failures']) or 'failed'}"
 
 
-def decide(gate: Gate, cases: pl.DataFrame, baseline: pl.DataFrame) -> tuple[str, list[str]]:
+def decide(
+    gate: Gate, threshold: float, cases: pl.DataFrame, baseline: pl.DataFrame
+) -> tuple[str, list[str]]:
     """`unevaluated` without cases; else `passed` or `blocked` with a reason per blocking case.
     Against the served release: no unaffected or must-escalate case newly fails, no stale
-    evidence is served, hit@5 of unaffected cases drops at most the margin. The first release
-    meets absolute thresholds instead."""
+    evidence is served, hit@5 of unaffected cases drops at most the margin. A case whose only
+    failure is its escalation, with a confidence within `gate.escalation_margin` of the
+    `threshold`, is noise, not a regression: any edit nudges every confidence. The first
+    release meets absolute thresholds instead."""
     if cases.is_empty():
         return "unevaluated", []
     gating = cases.filter(~pl.col("affected") & (pl.col("status") != "needs_review"))
@@ -106,7 +110,12 @@ def decide(gate: Gate, cases: pl.DataFrame, baseline: pl.DataFrame) -> tuple[str
     reviewed = pl.col("status") != "needs_review"
     candidates = cases.filter((~pl.col("affected") | pl.col("must_escalate")) & reviewed)
     joined = candidates.join(before, on="case_id", suffix="_before")
-    newly = joined.filter(~pl.col("passed") & pl.col("passed_before"))
+    borderline = (
+        (pl.col("failures").list.len() == 1)
+        & (pl.col("escalated") != pl.col("must_escalate"))
+        & ((pl.col("confidence") - threshold).abs() < gate.escalation_margin)
+    )
+    newly = joined.filter(~pl.col("passed") & pl.col("passed_before") & ~borderline)
     reasons += [f"{_describe(c)} (newly failing)" for c in newly.to_dicts()]
     compared = answerable.join(before, on="case_id")
     if compared.height:

@@ -127,6 +127,9 @@ class Gate:
     min_evidence_recall_at_5: float = 0.7
     max_hit_at_5_drop: float = 0.02
     escalation_threshold: float = 0.42
+    # How near the threshold a newly flipped escalation is noise: flips seen on 18F edits moved
+    # 0.006 and 0.03 across it (docs/howto/golden-cases.md, the gate).
+    escalation_margin: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,9 @@ class Settings:
                 ),
                 escalation_threshold=_fraction_setting(
                     "POLICYFRESH_ESCALATION_THRESHOLD", Gate.escalation_threshold
+                ),
+                escalation_margin=_fraction_setting(
+                    "POLICYFRESH_GATE_ESCALATION_MARGIN", Gate.escalation_margin
                 ),
             ),
             judge_url=env.get("POLICYFRESH_JUDGE_URL") or None,
