@@ -18,12 +18,9 @@ from policyfresh.ingest.parsing import headings
 from policyfresh.ingest.pii import PiiSpan, detect_pii, redact, to_original_offset
 from policyfresh.ingest.pii_allow import NO_ALLOW, AllowList
 
-CHUNKER_VERSION = "5"
+CHUNKER_VERSION = "4"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")  # what `policyfresh.ingest.pii.redact` writes
 HEADER_TOKENS = 48  # the most a chunk's context header (title, headings) may take of the limit
-# Capacities are multiples of this below the limit: each one needs its own splitter, which holds
-# a copy of the tokenizer (6 MB, 20 ms to build); one per header length took 257 MB on 18F.
-CAPACITY_STEP = 8
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
 
 
@@ -110,8 +107,7 @@ class Chunker:
                 pieces.append((start, piece, tokens))
             else:
                 inner = functools.partial(_shifted, measure, start)
-                smaller = capacity - CAPACITY_STEP
-                pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, smaller, inner)]
+                pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, capacity - 8, inner)]
         return pieces
 
     def _clip(self, header: str) -> str:
@@ -150,7 +146,7 @@ class Chunker:
             return f"{header}\n\n{piece}" if header else piece
 
         budget = max((self.count_tokens(h) for h in [*headers, base] if h), default=0)
-        capacity = self.capacity - -(-budget // CAPACITY_STEP) * CAPACITY_STEP
+        capacity = self.capacity - budget
 
         def measure(start: int, piece: str) -> int:
             return self.count_tokens(embedded(start, piece))
