@@ -2,7 +2,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunking import SPLITTERS_KEPT, Chunker
 from policyfresh.ingest.documents import read_documents
 from policyfresh.ingest.parsing import parse_document
 from policyfresh.ingest.pii import PiiSpan, detect_pii, merge_spans, redact
@@ -32,6 +32,7 @@ def test_no_chunk_exceeds_the_model_limit_on_the_whole_18f_handbook(
     counted = model_tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     assert len(texts) > 2000
     assert max(len(ids) for ids in counted) <= embedder.load().max_seq_length == 256
+    assert len(chunker._splitters) <= SPLITTERS_KEPT  # each holds a copy of the tokenizer
 
 
 def test_offsets_point_into_the_document_text(chunker):

@@ -3,9 +3,10 @@
 import threading
 from contextlib import contextmanager
 
-from policyfresh.index import chunks
-from policyfresh.index.chunking import Chunker
+from policyfresh.index import chunking, chunks
+from policyfresh.index.chunking import SPLITTERS_KEPT, Chunker
 from policyfresh.index.chunks import read_chunks, refresh_chunks
+from policyfresh.index.embedding import Embedder
 from policyfresh.ingest.documents import ingest_documents
 from tests.conftest import SMALL, HashEmbedder
 
@@ -91,3 +92,26 @@ def test_a_refresh_started_while_another_writes_waits_and_never_replaces_newer_c
     assert results["second"].documents_rechunked == 1  # the edit, not the first's work again
     current = read_chunks(small_settings).select("doc_id", "doc_version").unique()
     assert dict(current.iter_rows()) == {doc_id: 2 if doc_id == FEES else 1 for doc_id in SMALL}
+
+
+def test_documents_are_split_in_order_of_capacity_so_each_splitter_is_built_once(
+    settings, monkeypatch
+):
+    """A chunker keeps only SPLITTERS_KEPT splitters (each a copy of the tokenizer); the refresh
+    splits documents in order of the capacity their headers leave, so none is built twice."""
+    ingest_documents(settings, "v1")
+    built: list[int] = []
+    splitter = chunking.MarkdownSplitter
+
+    class Counted:
+        @staticmethod
+        def from_huggingface_tokenizer(tokenizer, capacity):
+            built.append(capacity)
+            return splitter.from_huggingface_tokenizer(tokenizer, capacity)
+
+    monkeypatch.setattr(chunking, "MarkdownSplitter", Counted)
+    chunker = Chunker.for_model(Embedder())
+    refresh_chunks(settings, chunker, "v1")
+    assert len(set(built)) > SPLITTERS_KEPT  # more capacities than splitters kept
+    assert sorted(built) == sorted(set(built))
+    assert len(chunker._splitters) <= SPLITTERS_KEPT

@@ -15,12 +15,21 @@ from tokenizers import Tokenizer
 
 from policyfresh.index.embedding import Embedder
 from policyfresh.ingest.parsing import headings
-from policyfresh.ingest.pii import PiiSpan, detect_pii, redact, to_original_offset
+from policyfresh.ingest.pii import (
+    PiiSpan,
+    Replacement,
+    detect_pii,
+    redact,
+    to_original_offset,
+)
 from policyfresh.ingest.pii_allow import NO_ALLOW, AllowList
 
 CHUNKER_VERSION = "4"
 PLACEHOLDER = re.compile(r"<([A-Z][A-Z_]*)>")  # what `policyfresh.ingest.pii.redact` writes
 HEADER_TOKENS = 48  # the most a chunk's context header (title, headings) may take of the limit
+# Splitters kept, the most recently used: each holds a copy of the tokenizer (6 MB, 20 ms to
+# build), and the 18F handbook needs 42 capacities (257 MB when all were kept).
+SPLITTERS_KEPT = 4
 _OUTCOME = {"redact": "redacted", "block": "blocked", "allow": "allowed"}
 
 
@@ -38,6 +47,24 @@ class Chunk:
     token_count: int
     pii_types: list[str]
     pii_action: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A document ready to split: its working (redacted) text and how to map offsets back,
+    where each heading starts, its path and context header, and the capacity left by the
+    longest header. Splitting documents in order of capacity keeps few splitters alive."""
+
+    doc_id: str
+    spans: list[PiiSpan]
+    pii_action: str
+    working: str
+    replacements: list[Replacement]
+    positions: list[int]
+    paths: list[str]
+    headers: list[str]
+    base: str
+    capacity: int
 
 
 def chunk_id(doc_id: str, text: str, occurrence: int) -> str:
@@ -75,7 +102,7 @@ class Chunker:
         self.max_tokens = max_tokens
         self.capacity = max_tokens - len(tokenizer.encode("").ids)
         self.context = context
-        self._splitters: dict[int, MarkdownSplitter] = {}
+        self._splitters: dict[int, MarkdownSplitter] = {}  # least recently used first
         headers = "" if context else "/bare"
         self.chunker_id = f"md-{CHUNKER_VERSION}{headers}/{model_id}/{max_tokens}"
 
@@ -94,13 +121,9 @@ class Chunker:
         embedded; a piece over the limit is split again with less capacity."""
         if capacity < 16:
             raise ValueError(f"cannot fit text into {self.max_tokens} tokens: {text[:60]!r}")
-        if capacity not in self._splitters:  # building one copies the tokenizer: slow
-            self._splitters[capacity] = MarkdownSplitter.from_huggingface_tokenizer(
-                self.tokenizer, capacity
-            )
         measure = measure or (lambda _, piece: self.count_tokens(piece))
         pieces: list[tuple[int, str, int]] = []
-        for start, end in _cut_outside_placeholders(self._splitters[capacity], text):
+        for start, end in _cut_outside_placeholders(self._splitter(capacity), text):
             piece = text[start:end]
             tokens = measure(start, piece)
             if tokens <= self.max_tokens:
@@ -109,6 +132,15 @@ class Chunker:
                 inner = functools.partial(_shifted, measure, start)
                 pieces += [(start + o, p, n) for o, p, n in self.pieces(piece, capacity - 8, inner)]
         return pieces
+
+    def _splitter(self, capacity: int) -> MarkdownSplitter:
+        splitter = self._splitters.pop(capacity, None)
+        if splitter is None:
+            splitter = MarkdownSplitter.from_huggingface_tokenizer(self.tokenizer, capacity)
+        self._splitters[capacity] = splitter
+        while len(self._splitters) > SPLITTERS_KEPT:
+            del self._splitters[next(iter(self._splitters))]
+        return splitter
 
     def _clip(self, header: str) -> str:
         """A header cut to HEADER_TOKENS tokens (special tokens included)."""
@@ -130,42 +162,58 @@ class Chunker:
         is embedded is the chunk's context header, then its text, within the model's limit.
         `spans` were detected in the text with the allow list `allow`; the title (often front
         matter, not in the text) is detected with the same list, so both keep the same terms."""
+        return self.split(self.layout(doc_id, text, spans, pii_action, title, allow))
+
+    def layout(
+        self,
+        doc_id: str,
+        text: str,
+        spans: list[PiiSpan],
+        pii_action: str,
+        title: str = "",
+        allow: AllowList = NO_ALLOW,
+    ) -> Layout:
+        """The first half of `chunk`: the document redacted, its headers and its capacity."""
         working, replacements = (text, []) if pii_action == "allow" else redact(text, spans)
         if title and pii_action != "allow":
             title = redact(title, detect_pii(title, allow))[0]
         positions, paths = _heading_paths(working)
         headers = [self._clip(context_header(title, p)) if self.context else "" for p in paths]
         base = self._clip(title) if self.context else ""
+        budget = max((self.count_tokens(h) for h in [*headers, base] if h), default=0)
+        return Layout(
+            doc_id, spans, pii_action, working, replacements, positions, paths, headers, base,
+            self.capacity - budget,
+        )  # fmt: skip
 
-        def header_at(start: int) -> str:
-            index = bisect.bisect_right(positions, start) - 1
-            return headers[index] if index >= 0 else base
+    def split(self, layout: Layout) -> list[Chunk]:
+        """The second half of `chunk`: the laid-out document cut into chunks."""
+        positions, paths = layout.positions, layout.paths
 
         def embedded(start: int, piece: str) -> str:
-            header = header_at(start)
+            index = bisect.bisect_right(positions, start) - 1
+            header = layout.headers[index] if index >= 0 else layout.base
             return f"{header}\n\n{piece}" if header else piece
-
-        budget = max((self.count_tokens(h) for h in [*headers, base] if h), default=0)
-        capacity = self.capacity - budget
 
         def measure(start: int, piece: str) -> int:
             return self.count_tokens(embedded(start, piece))
 
         seen: Counter[str] = Counter()
         chunks = []
-        for index, (start, piece, tokens) in enumerate(self.pieces(working, capacity, measure)):
+        pieces = self.pieces(layout.working, layout.capacity, measure)
+        for index, (start, piece, tokens) in enumerate(pieces):
             end = start + len(piece)
-            char_start = to_original_offset(start, replacements)
-            char_end = to_original_offset(end, replacements)
-            inside = [s for s in spans if s.start < char_end and s.end > char_start]
-            action = _OUTCOME[pii_action] if inside else "none"
+            char_start = to_original_offset(start, layout.replacements)
+            char_end = to_original_offset(end, layout.replacements)
+            inside = [s for s in layout.spans if s.start < char_end and s.end > char_start]
+            action = _OUTCOME[layout.pii_action] if inside else "none"
             heading_index = bisect.bisect_right(positions, start) - 1
             occurrence = seen[piece]
             seen[piece] += 1
             blocked = action == "blocked"
             chunks.append(
                 Chunk(
-                    chunk_id=chunk_id(doc_id, piece, occurrence),
+                    chunk_id=chunk_id(layout.doc_id, piece, occurrence),
                     chunk_index=index,
                     heading=paths[heading_index] if heading_index >= 0 else "",
                     char_start=char_start,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 import polars as pl
 
-from policyfresh.index.chunking import Chunker
+from policyfresh.index.chunking import Chunker, Layout
 from policyfresh.index.holds import (
     VERSION,
     attempt_id,
@@ -20,7 +22,7 @@ from policyfresh.index.holds import (
 )
 from policyfresh.ingest.documents import read_documents
 from policyfresh.ingest.pii import PiiDetectorError, PiiSpan
-from policyfresh.ingest.pii_allow import AllowList, load_allow_list
+from policyfresh.ingest.pii_allow import load_allow_list
 from policyfresh.store import delta_store
 from policyfresh.store.config import CLASSIFICATIONS, Settings
 from policyfresh.store.locks import writer_lock
@@ -28,6 +30,8 @@ from policyfresh.store.sql import in_list
 from policyfresh.store.tables import POLICY_CHUNKS, empty_frame
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+U = TypeVar("U")
 
 APPLIED_PII_RULES = "policyfresh.pii_rules"  # table property: the rules the chunks follow
 RAW_PII_IN_VECTOR_HISTORY = "policyfresh.raw_pii_in_vector_history"  # set until vectors forget it
@@ -99,11 +103,7 @@ def _record_rules(settings: Settings, run_id: str) -> None:
     delta_store.set_properties(delta_store.open_table(uri), marks, run_id)  # history gone first
 
 
-def _rows(
-    settings: Settings, chunker: Chunker, doc: dict, config_id: str, run_id: str, allow: AllowList
-) -> list:
-    spans = [PiiSpan(**s) for s in doc["pii_spans"]]
-    action = settings.pii_action(doc["classification"])
+def _rows(chunker: Chunker, doc: dict, layout: Layout, config_id: str, run_id: str) -> list[dict]:
     return [
         {
             **asdict(c),
@@ -117,8 +117,23 @@ def _rows(
             "chunker_id": config_id,
             "run_id": run_id,
         }
-        for c in chunker.chunk(doc["doc_id"], doc["text"], spans, action, doc["title"] or "", allow)
+        for c in chunker.split(layout)
     ]
+
+
+def _guarded(
+    items: Iterable[tuple[dict, T]], crashed: dict[str, str], work: Callable[[dict, T], U]
+) -> Iterator[tuple[dict, U]]:
+    """`work(doc, item)` for each document; one whose work raises is recorded in `crashed` and
+    the others go on. A detector that cannot run stops all: nothing may go unscanned."""
+    for doc, item in items:
+        try:
+            yield doc, work(doc, item)
+        except PiiDetectorError:
+            raise
+        except Exception as exc:
+            crashed[doc["doc_id"]] = f"chunking raised {type(exc).__name__}"
+            log.error("could not chunk %s: %s", doc["doc_id"], type(exc).__name__)
 
 
 def _rescan_changed(settings: Settings, stale: pl.DataFrame, new_chunks: pl.DataFrame) -> int:
@@ -155,14 +170,17 @@ def _refresh(settings: Settings, chunker: Chunker, run_id: str) -> ChunkResult:
     allow = load_allow_list(settings.pii_allow_file)[0]  # as the documents were scanned with
     rows: list[dict] = []
     crashed: dict[str, str] = {}
-    for number, doc in enumerate(stale.iter_rows(named=True), start=1):
-        try:
-            rows += _rows(settings, chunker, doc, config_id, run_id, allow)
-        except PiiDetectorError:  # the detector, not the document: stop before anything is embedded
-            raise
-        except Exception as exc:  # one document's failure must not stop the others
-            crashed[doc["doc_id"]] = f"chunking raised {type(exc).__name__}"
-            log.error("could not chunk %s: %s", doc["doc_id"], type(exc).__name__)
+
+    def layout(doc: dict, _: None) -> Layout:
+        spans = [PiiSpan(**s) for s in doc["pii_spans"]]
+        action = settings.pii_action(doc["classification"])
+        return chunker.layout(doc["doc_id"], doc["text"], spans, action, doc["title"] or "", allow)
+
+    laid_out = list(_guarded(((d, None) for d in stale.iter_rows(named=True)), crashed, layout))
+    laid_out.sort(key=lambda pair: pair[1].capacity)  # each capacity's splitter built once
+    split = _guarded(laid_out, crashed, lambda d, lay: _rows(chunker, d, lay, config_id, run_id))
+    for number, (_, doc_rows) in enumerate(split, start=1):
+        rows += doc_rows
         if number % 50 == 0:
             log.info("chunked %d/%d documents", number, stale.height)
     new_chunks = pl.DataFrame(rows, schema=empty_frame(POLICY_CHUNKS).schema)
