@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import shutil
 import sys
@@ -15,6 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from policyfresh.index.embedding import Embedder
@@ -239,3 +241,20 @@ def load_benchmark() -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
     spec.loader.exec_module(module)
     return module
+
+
+def holds_text(name: str, data: bytes, text: str) -> bool:
+    """Whether a stored file holds `text`: Parquet decoded (its pages are compressed, so its
+    bytes can hide a value, depending on what the rows around it are), any other byte for byte."""
+    if name.endswith(".parquet"):
+        return text in repr(pq.read_table(io.BytesIO(data)).to_pylist())
+    return text.encode() in data
+
+
+def files_holding(folder: Path, text: str) -> list[str]:
+    """The files under `folder`, every version's, that hold `text`."""
+    return [
+        str(p)
+        for p in folder.rglob("*")
+        if p.is_file() and holds_text(p.name, p.read_bytes(), text)
+    ]

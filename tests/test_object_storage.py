@@ -29,6 +29,7 @@ from policyfresh.serve.trace_store import read_traces
 from policyfresh.store import delta_store
 from policyfresh.store.config import Settings
 from policyfresh.store.tables import EVAL_RUNS, WRITER_LEASES
+from tests.conftest import holds_text
 from tests.s3 import S3Server, s3_server
 from tests.test_cli import environment, policyfresh
 
@@ -61,11 +62,11 @@ def s3_settings(
 
 
 def objects_holding(s3: S3Server, bucket: str, text: str) -> list[str]:
-    client, needle = s3.client(), text.encode()
+    client = s3.client()
     return [
         key
         for key in s3.keys(bucket)
-        if needle in client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if holds_text(key, client.get_object(Bucket=bucket, Key=key)["Body"].read(), text)
     ]
 
 

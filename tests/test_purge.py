@@ -1,7 +1,5 @@
 """Erasure: after `purge`, no stored byte under the home holds the document's text."""
 
-from pathlib import Path
-
 import polars as pl
 import pytest
 
@@ -14,15 +12,11 @@ from policyfresh.serve.search import search
 from policyfresh.serve.trace_store import read_traces
 from policyfresh.store import delta_store
 from policyfresh.store.tables import EVAL_CASE_RESULTS, PURGE_AUDIT
+from tests.conftest import files_holding
 
 DISPUTES = "retail/card-disputes.md"
 SECRET = "Zebra clause QX4471 sets the chargeback holdback at seventeen percent"
 EDIT = "Zebra clause QX4471 now sets the chargeback holdback at nine percent"
-
-
-def files_holding(home: Path, text: str) -> list[str]:
-    needle = text.encode()
-    return [str(p) for p in home.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 def test_a_purged_document_leaves_no_byte_behind_and_the_rest_serves_on(small_settings, embedder):

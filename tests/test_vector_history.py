@@ -7,13 +7,10 @@ from policyfresh.quality.pipeline import refresh
 from policyfresh.release.releases import read_audit
 from policyfresh.store.config import Settings
 from policyfresh.store.tables import POLICY_CHUNKS
+from tests.conftest import files_holding
 
 FEES = "retail/overdraft-fees.md"
 EMAIL = "quentin.zappa@example.org"
-
-
-def files_holding(folder: Path, text: str) -> list[str]:
-    return [str(p) for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
 
 
 def test_tightening_allow_to_redact_forgets_every_raw_version(

@@ -304,14 +304,14 @@ def test_a_document_that_fails_to_chunk_keeps_its_chunks_and_the_rest_go_on(
 ):
     refresh(small_settings, embedder, "build")
     before = read_chunks(small_settings).filter(pl.col("doc_id") == "retail/overdraft-fees.md")
-    real_chunk = Chunker.chunk
+    real_split = Chunker.split
 
-    def chunk(self, doc_id, *args, **kwargs):
-        if doc_id == "retail/overdraft-fees.md":
+    def split(self, layout):
+        if layout.doc_id == "retail/overdraft-fees.md":
             raise RuntimeError("tokenizer exploded")
-        return real_chunk(self, doc_id, *args, **kwargs)
+        return real_split(self, layout)
 
-    monkeypatch.setattr(Chunker, "chunk", chunk)
+    monkeypatch.setattr(Chunker, "split", split)
     for name in ("retail/overdraft-fees.md", "hr/annual-leave.md"):
         path = corpus / name
         path.write_text(path.read_text() + "\nA new closing line.\n")

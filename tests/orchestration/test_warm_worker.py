@@ -187,7 +187,11 @@ def _a_launched_run_forks_from_the_worker_and_can_be_terminated(dev: Dev) -> Non
     materialized = {e["assetKey"]["path"][-1] for e in events if "assetKey" in e}
     assert {"policy_documents", "served_index", "quality_reports"} <= materialized
 
-    dev.edit("Terminated refreshes never publish this sentence.")
+    # Long enough to embed for seconds: Dagster stops a run at its next step boundary, and a
+    # one-line edit's run can end before the termination arrives.
+    dev.edit(
+        "\n\n".join(f"Clause {n} of a terminated refresh, never published." for n in range(3000))
+    )
     run_id = dev.launch()
     dev.wait(run_id, {"STARTED", *FINISHED})
     terminated = dev.bench.graphql(dev.client, TERMINATE, runId=run_id)["terminateRun"]
