@@ -147,7 +147,12 @@ def _execute_run(run_id: str) -> int:
     from dagster._cli.api import _execute_run_command_body
     from dagster._utils.interrupts import capture_interrupts
 
+    from orchestration.warm_launcher import WARM_PID_TAG
+
     with capture_interrupts(), dg.DagsterInstance.get() as instance:
+        # Tagged before the run can report STARTED, which the launcher's own tag may follow
+        # under load: a termination asked for as soon as it starts must find this child.
+        instance.add_run_tags(run_id, {WARM_PID_TAG: str(os.getpid())})
         code = _execute_run_command_body(run_id, instance, lambda _: None, True)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         run = instance.get_run_by_id(run_id)
