@@ -204,6 +204,8 @@ def test_two_concurrent_ingests_write_each_version_once(settings):
     args = (str(settings.home), str(settings.policies))
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         pool.starmap(_ingest_in_process, [args, args])
+        pool.close()  # the workers leave by themselves, their exit handlers run: a SIGTERM from
+        pool.join()  # the pool's exit once left one waited on forever (the suite, 2026-12-03)
     versions = read_documents(settings, current_only=False)
     assert versions.select("doc_id", "doc_version").is_duplicated().sum() == 0
     current = versions.filter(pl.col("is_current"))
