@@ -260,17 +260,21 @@ class PersonJudge:
         """Rare in English and never in lower case here: on its own, still this name."""
         return zipf(word) < RARE_ZIPF and word.lower() not in self.lowercase
 
-    def _context(self, candidate: Candidate) -> bool:
-        """An honorific right before the name ("Dr.", "Ms."), a title right before a surname
-        ("President Nixon"), or a title or context word a few words before it in its sentence
-        when every word of the name is rare ("Officer Okafor") or it ends with a surname ("led
-        by Will Slack")."""
+    def _before(self, candidate: Candidate) -> tuple[str, set[str]]:
+        """The candidate's line up to it, and the last word there, lower case (or none)."""
         line_start, _ = self.markup.line_of(candidate.start)
         before = self.text[line_start : candidate.start]
-        last = [w.lower() for w in _WORD.findall(before)[-1:]]
-        if set(last) & HONORIFICS:
+        return before, {w.lower() for w in _WORD.findall(before)[-1:]}
+
+    def _context(self, candidate: Candidate) -> bool:
+        """An honorific right before the name ("Dr.", "Ms."), a title right before a rare word
+        ("Officer Okafor"; a surname: `_titled_surname`), or a title or context word a few
+        words before it in its sentence when every word of the name is rare or it ends with a
+        surname ("led by Will Slack")."""
+        before, last = self._before(candidate)
+        if last & HONORIFICS:
             return True
-        if set(last) & _titles() and len(candidate.words) == 1:  # surnames: `_titled_surname`
+        if last & _titles() and len(candidate.words) == 1:
             return self._rare(candidate.words[0])
         words = _WORD.findall(re.split(r"[.!?;:][*_)\]]*\s", before)[-1])[-CONTEXT_WINDOW:]
         named = all(zipf(w) < RARE_ZIPF for w in candidate.words) or (
@@ -281,11 +285,9 @@ class PersonJudge:
     def _titled_surname(self, candidate: Candidate) -> bool:
         """A census surname right after a title, however common as a word ("President
         Clinton")."""
-        line_start, _ = self.markup.line_of(candidate.start)
-        last = _WORD.findall(self.text[line_start : candidate.start])[-1:]
         return (
             len(candidate.words) == 1
-            and bool({w.lower() for w in last} & _titles())
+            and bool(self._before(candidate)[1] & _titles())
             and _surname_rank(candidate.words[0]) <= SURNAME_RANK
         )
 
