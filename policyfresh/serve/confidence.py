@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from policyfresh.serve.passages import terms
+from policyfresh.serve.passages import chunk_terms, terms
 from policyfresh.store.config import Settings
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def features(
     top = [r["chunk_id"] for r in nearest[:TOP]], [r["chunk_id"] for r in matched[:TOP]]
     asked = terms(question)
     best = rows[0] if rows else None
-    found = terms(f"{best['heading']} {best['text'] or ''}") if best else set()
-    held = set().union(*(terms(f"{r['heading']} {r['text'] or ''}") for r in nearest + matched))
+    found = chunk_terms(best) if best else frozenset()
+    held = frozenset().union(*(chunk_terms(r) for r in nearest + matched))
     return {
         "top_cosine": cosines[0] if cosines else 0.0,
         "margin": cosines[0] - cosines[1] if len(cosines) > 1 else 0.0,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 import re
+from functools import lru_cache
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\[*(\"“])|\n+")  # a sentence's end, or a line's
 WORD = re.compile(r"[a-z0-9]+")
+TERMS_KEPT = 2**15  # stored texts whose terms are kept (half of an evaluation's are repeats)
 STEM = 6  # words compared by their first letters: "escalated" and "escalation" match
 # Words that say nothing of what a question is about.
 STOPWORDS = frozenset({
@@ -22,11 +24,21 @@ STOPWORDS = frozenset({
 })  # fmt: skip
 
 
-def terms(text: str) -> set[str]:
+def terms(text: str) -> frozenset[str]:
     """The words of a text that say what it is about, lower-cased, a plural's "s" dropped and
     cut to STEM letters."""
     words = (w for w in WORD.findall(text.lower()) if len(w) > 1 and w not in STOPWORDS)
-    return {(w[:-1] if w.endswith("s") and len(w) > 3 else w)[:STEM] for w in words}
+    return frozenset((w[:-1] if w.endswith("s") and len(w) > 3 else w)[:STEM] for w in words)
+
+
+# The terms of stored texts (chunks, their sentences and headings), kept: the same candidates come
+# back for many questions. A question's own terms are never kept.
+stored_terms = lru_cache(maxsize=TERMS_KEPT)(terms)
+
+
+def chunk_terms(row: dict) -> frozenset[str]:
+    """The terms of a stored chunk's heading and text."""
+    return stored_terms(row["heading"] or "") | stored_terms(row["text"] or "")
 
 
 def sentences(text: str) -> list[str]:
@@ -40,16 +52,16 @@ def with_passages(question: str, rows: list[dict]) -> list[dict]:
     its best sentence (with the chunk's heading) holds. A word's weight is its inverse document
     frequency among these rows, so the words that tell the candidates apart count most."""
     asked = terms(question)
-    held = [terms(r["text"] or "") | terms(r["heading"] or "") for r in rows]
+    held = [chunk_terms(r) for r in rows]
     weight = {t: math.log((len(rows) + 1) / (0.5 + sum(t in h for h in held))) for t in asked}
     total = sum(weight.values())
     scored = []
-    for row, chunk_terms in zip(rows, held, strict=True):
+    for row, its_terms in zip(rows, held, strict=True):
         best = 0.0
-        if total and asked & chunk_terms:
-            heading = terms(row["heading"] or "")
+        if total and asked & its_terms:
+            heading = stored_terms(row["heading"] or "")
             best = max(
-                sum(weight[t] for t in asked & (terms(w) | heading)) / total
+                sum(weight[t] for t in asked & (stored_terms(w) | heading)) / total
                 for w in sentences(row["text"] or "")
             )
         scored.append(row | {"_passage": best})
