@@ -2,6 +2,7 @@ import json
 import re
 import shutil
 
+import jinja2
 import polars as pl
 import pytest
 
@@ -99,6 +100,26 @@ def test_failing_rows_are_capped_per_expectation(settings):
     wrong = next(f for f in result.failures if f["column"] == "classification")
     assert wrong["unexpected_count"] == bad.height > MAX_FAILED_ROWS
     assert len(wrong["rows"]) == MAX_FAILED_ROWS
+
+
+def test_data_docs_builds_compile_their_page_templates_once(settings, monkeypatch):
+    """GX makes a new template environment for each page it renders; compiling its templates
+    again was most of a check's Data Docs build. Compiled templates are kept."""
+    ingest_documents(settings, run_id="r1")
+    documents = read_documents(settings, current_only=False)
+    suite = load_suite(suite_path("policy_documents"))
+    validate(documents, suite, POLICY_DOCUMENTS.key, docs=settings)
+    compiled = []
+    compile_template = jinja2.Environment.compile
+
+    def counted(self, source, name=None, *args, **kwargs):
+        compiled.append(name)
+        return compile_template(self, source, name, *args, **kwargs)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", counted)
+    validate(documents, suite, POLICY_DOCUMENTS.key, docs=settings)
+    assert [name for name in compiled if name] == []  # unnamed: GX's one-off string templates
+    assert (data_docs_dir(settings) / "index.html").is_file()
 
 
 def test_a_suite_without_expectations_is_rejected(tmp_path):
