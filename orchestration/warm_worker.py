@@ -65,15 +65,18 @@ def resident_bytes() -> int:
 
 
 def preload() -> None:
-    """Import what runs need and load the default model and the PII detector, before any fork
-    and without running them (so no thread pool exists yet to be lost in a child)."""
+    """Import what runs need, load the default model and the PII detector and compile the Data
+    Docs templates, before any fork and without running them (so no thread pool exists yet to
+    be lost in a child)."""
     for module in PREIMPORTS:
         importlib.import_module(module)
     from policyfresh.index.embedding import Embedder
     from policyfresh.ingest.pii import load_detector
+    from policyfresh.store.data_docs import compile_templates
 
     Embedder().load()
     load_detector()
+    compile_templates()
 
 
 def serve(dagster_home: Path) -> None:
