@@ -22,6 +22,7 @@ import resource
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 from orchestration.warm_socket import socket_path
 
 log = logging.getLogger("policyfresh.warm_worker")
+
+CANCEL_POLL_SECONDS = 1.0  # how often a run's child looks for a termination still unanswered
 
 # Imported once in the worker, so no run imports them: torch and the model code, Presidio with
 # spaCy, Great Expectations, the table libraries, and the code location itself.
@@ -156,7 +159,16 @@ def _execute_run(run_id: str) -> int:
         # Tagged before the run can report STARTED, which the launcher's own tag may follow
         # under load: a termination asked for as soon as it starts must find this child.
         instance.add_run_tags(run_id, {WARM_PID_TAG: str(os.getpid())})
-        code = _execute_run_command_body(run_id, instance, lambda _: None, True)
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=interrupt_while_canceling, args=(instance.get_ref(), run_id, done), daemon=True
+        )
+        watcher.start()
+        try:
+            code = _execute_run_command_body(run_id, instance, lambda _: None, True)
+        finally:
+            done.set()
+            watcher.join()
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         run = instance.get_run_by_id(run_id)
         if run is not None:
@@ -165,6 +177,20 @@ def _execute_run(run_id: str) -> int:
                 run,
             )
         return code
+
+
+def interrupt_while_canceling(instance_ref: Any, run_id: str, done: threading.Event) -> None:
+    """Interrupt this process each second while its run is CANCELING, until `done`. Dagster
+    raises a termination's interrupt wherever Python is, and one raised inside a finalizer
+    (a thread pool's weakref callback, seen) is printed and lost: the run would run on. The
+    thread has its own instance, as Dagster's cancellation thread does."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_ref(instance_ref) as instance:
+        while not done.wait(CANCEL_POLL_SECONDS):
+            run = instance.get_run_by_id(run_id)
+            if run is not None and run.status == dg.DagsterRunStatus.CANCELING:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _refresh(message: dict[str, Any], send: Any) -> int:
