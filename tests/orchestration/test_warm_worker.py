@@ -242,8 +242,7 @@ def _policyfresh_run_hands_its_run_to_the_worker_and_imports_nothing_heavy(dev: 
 def test_runs_fork_from_the_warm_worker_end_as_asked_and_outlive_it(dev: Dev):
     """In this order, on one `policyfresh dev` (xdist would otherwise interleave the other dev
     tests of the group between them and start it again for each). The source sensor is stopped
-    first: its run could take an edit before the run a step launches for it, which then has
-    nothing to do and ends before its termination arrives."""
+    first, so that each step's edit is taken by the run the step launches, not by a sensor's."""
     dev.stop_sensor(dev.bench.TRIGGER)
     _a_launched_run_forks_from_the_worker_and_can_be_terminated(dev)
     _a_killed_worker_fails_its_run_and_the_next_run_forks_from_a_new_one(dev)
