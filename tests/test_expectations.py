@@ -1,6 +1,7 @@
 import json
 import re
 import shutil
+import time
 
 import jinja2
 import polars as pl
@@ -137,6 +138,27 @@ def test_data_docs_builds_compile_their_page_templates_once(settings, monkeypatc
     assert len(_compiled_during(monkeypatch, data_docs.compile_templates)) > 40
     assert _compiled_during(monkeypatch, build) == []
     assert (data_docs_dir(settings) / "index.html").is_file()
+
+
+def test_a_table_s_data_docs_build_renders_its_own_pages_and_the_index_only(settings, embedder):
+    """Each check publishes its table's result; GX would render every table's pages again."""
+    ingest_documents(settings, run_id="r1")
+    refresh_chunks(settings, Chunker.for_model(embedder), run_id="r1")
+    tables = {name: table_rows(settings, name) for name in ("policy_documents", "policy_chunks")}
+    for name, rows in tables.items():
+        validate(rows, load_suite(suite_path(name)), ROW_KEYS[name], docs=settings)
+    site = data_docs_dir(settings)
+    documents = [*(site / "validations" / "policy_documents").rglob("*.html"),
+                 site / "expectations" / "policy_documents.html"]  # fmt: skip
+    written = {page: page.stat().st_mtime_ns for page in [*documents, site / "index.html"]}
+    time.sleep(0.01)
+    validate(tables["policy_chunks"], load_suite(suite_path("policy_chunks")),
+             ROW_KEYS["policy_chunks"], docs=settings)  # fmt: skip
+    assert {page: page.stat().st_mtime_ns for page in documents} == {
+        page: written[page] for page in documents
+    }
+    assert (site / "index.html").stat().st_mtime_ns > written[site / "index.html"]
+    assert "policy_documents" in (site / "index.html").read_text()
 
 
 def test_a_suite_without_expectations_is_rejected(tmp_path):

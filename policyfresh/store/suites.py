@@ -242,8 +242,9 @@ def _key_rows(found: list[dict[str, Any]], key: Sequence[str]) -> list[dict[str,
 
 
 def _publish(context, suite, result, settings: Settings) -> None:
-    """Keep this table's latest result in the store and rebuild the Data Docs site from it,
-    with the files its pages load."""
+    """Keep this table's latest result in the store and render its pages and the Data Docs
+    index from it (the other tables' pages stay as their own checks wrote them), with the files
+    the pages load."""
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.resource_identifiers import (
         ExpectationSuiteIdentifier,
@@ -259,11 +260,10 @@ def _publish(context, suite, result, settings: Settings) -> None:
     shutil.rmtree(data_docs_dir(settings) / "validations" / suite.name, ignore_errors=True)
     context.suites.add_or_update(suite)
     run = RunIdentifier(run_name="policyfresh", run_time=datetime.now(tz=UTC))
-    store.set(
-        ValidationResultIdentifier(ExpectationSuiteIdentifier(name=suite.name), run, "table"),
-        result,
-    )
-    context.build_data_docs()
+    suite_id = ExpectationSuiteIdentifier(name=suite.name)
+    result_id = ValidationResultIdentifier(suite_id, run, "table")
+    store.set(result_id, result)
+    context.build_data_docs(resource_identifiers=[suite_id, result_id])  # and the index
     copy_vendored(data_docs_dir(settings))
 
 
