@@ -122,11 +122,9 @@ class OfflineIndexPageView(_Offline, DefaultJinjaIndexPageView):
     """The site's index page."""
 
 
-def compile_templates() -> int:
+def compile_templates() -> None:
     """Compile every template the pages use into COMPILED now (the warm run worker does, before
-    it forks, so that no run compiles them); how many."""
+    it forks, so that no run compiles them)."""
     env = OfflinePageView().env
-    names = env.list_templates()
-    for name in names:
+    for name in env.list_templates():
         env.get_template(name)
-    return len(names)
